@@ -1,0 +1,78 @@
+"""Datasets (one per file) behind one registry, plus transforms and the resumable sampler.
+
+Add a dataset by writing ``my_dataset_samples(root, split, label_file, num_classes)``
+returning ``(samples, classes)`` and registering it in ``DATASETS``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from .base import ImageListDataset, Sample, load_rgb
+from .classes import CANONICAL_CLASSES
+from .errors import BadImageError, DatasetError
+from .folder import folder_samples
+from .raf_db import raf_db_samples
+
+SampleListFactory = Callable[..., tuple[list[Sample], list[str]]]
+
+
+def _demo_samples(root: Path, split: str, label_file: Path | None = None, num_classes: int | None = None):
+    # The demo set is generated on first use, then read through the real RAF-DB loader.
+    from .demo import generate_demo_dataset
+
+    generate_demo_dataset(root)
+    return raf_db_samples(root, split, label_file, num_classes)
+
+
+DATASETS: dict[str, SampleListFactory] = {
+    "raf-db": raf_db_samples,
+    "folder": folder_samples,
+    "demo": _demo_samples,
+}
+
+DEFAULT_ROOTS = {"raf-db": "dataset/raf-basic", "demo": "dataset/demo"}
+
+
+def register_dataset(name: str, factory: SampleListFactory, default_root: str | None = None) -> None:
+    DATASETS[name] = factory
+    if default_root:
+        DEFAULT_ROOTS[name] = default_root
+
+
+def build_dataset(
+    name: str,
+    root: str | Path,
+    split: str,
+    transform: Callable | None = None,
+    label_file: str | Path | None = None,
+    num_classes: int | None = None,
+    skip_bad_images: bool = False,
+) -> ImageListDataset:
+    """Build split ``split`` ('train' or 'test') of dataset ``name`` at ``root``."""
+    if name not in DATASETS:
+        raise DatasetError(f"--dataset {name!r} is unknown; choose from {', '.join(sorted(DATASETS))}")
+    root = Path(root)
+    samples, classes = DATASETS[name](root, split, Path(label_file) if label_file else None, num_classes)
+    missing = [s.path for s in samples if not s.path.is_file()]
+    if missing and not skip_bad_images:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise BadImageError(f"image not found: {missing[0]}{more}; use --skip-bad-images to train without them")
+    if missing:
+        print(f"warning: {len(missing)} listed images are missing; they are skipped", flush=True)
+        samples = [s for s in samples if s.path.is_file()]
+    return ImageListDataset(samples, classes, transform, skip_bad_images=skip_bad_images, source=f"{name}:{root}:{split}")
+
+
+__all__ = [
+    "BadImageError",
+    "CANONICAL_CLASSES",
+    "DATASETS",
+    "DEFAULT_ROOTS",
+    "DatasetError",
+    "ImageListDataset",
+    "Sample",
+    "build_dataset",
+    "load_rgb",
+    "register_dataset",
+]

@@ -1,0 +1,86 @@
+"""Train and eval transforms, built with timm's transform factory.
+
+Also makes timm's RandAugment posterize safe under Pillow >= 13, which refuses
+``ImageOps.posterize(img, 0)``: the MEK recipe ``rand-m9-mstd0.5-inc1`` asks for 0 bits at
+magnitude 10. Older Pillow returned a black image there, which is what we return too, so
+the recipe runs unchanged.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from PIL import Image, ImageOps
+from timm.data import auto_augment, create_transform
+from timm.data.random_erasing import RandomErasing
+from torchvision import transforms as T
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def safe_posterize(img: Image.Image, bits_to_keep: int, **_) -> Image.Image:
+    """Posterize as Pillow < 13 did: >= 8 bits is a no-op, <= 0 bits gives zeros."""
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return img.point(lambda _: 0)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def _install_safe_posterize() -> None:
+    for name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
+        if name in auto_augment.NAME_TO_OP:
+            auto_augment.NAME_TO_OP[name] = safe_posterize
+
+
+_install_safe_posterize()
+
+
+@dataclass
+class AugmentConfig:
+    img_size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    scale: tuple[float, float] = (1.0, 1.0)  # RandomResizedCrop area range; (1, 1) = plain resize
+    hflip: float = 0.5
+    color_jitter: float = 0.0
+    auto_augment: str | None = None  # e.g. "rand-m9-mstd0.5-inc1"
+    interpolation: str = "bilinear"
+    reprob: float = 0.25  # random erasing probability
+    remode: str = "const"  # "const" (zeros, torchvision-style) or "pixel" (per-pixel noise)
+    re_max_area: float = 0.25  # EAC/RUL use scale (0.02, 0.25)
+
+
+def build_train_transform(cfg: AugmentConfig):
+    """Random resized crop, flip, optional RandAugment/colour jitter, normalise, random erasing."""
+    base = create_transform(
+        input_size=cfg.img_size,
+        is_training=True,
+        scale=cfg.scale,
+        ratio=(1.0, 1.0) if cfg.scale == (1.0, 1.0) else (3 / 4, 4 / 3),
+        hflip=cfg.hflip,
+        color_jitter=cfg.color_jitter if cfg.color_jitter > 0 else None,
+        auto_augment=cfg.auto_augment,
+        interpolation=cfg.interpolation,
+        mean=cfg.mean,
+        std=cfg.std,
+        re_prob=0.0,  # added below so its area range can be set
+    )
+    steps = list(base.transforms)
+    if cfg.reprob > 0:
+        steps.append(
+            RandomErasing(probability=cfg.reprob, min_area=0.02, max_area=cfg.re_max_area, mode=cfg.remode, device="cpu")
+        )
+    return T.Compose(steps)
+
+
+def build_eval_transform(cfg: AugmentConfig):
+    """Resize the whole face to a square (no crop: faces are aligned), normalise."""
+    interpolation = T.InterpolationMode.BICUBIC if cfg.interpolation == "bicubic" else T.InterpolationMode.BILINEAR
+    return T.Compose(
+        [
+            T.Resize((cfg.img_size, cfg.img_size), interpolation=interpolation),
+            T.ToTensor(),
+            T.Normalize(cfg.mean, cfg.std),
+        ]
+    )

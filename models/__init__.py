@@ -1,0 +1,30 @@
+"""Models: backbones (timm), the attention-map classifier, and pretrained-weight loading."""
+from __future__ import annotations
+
+from torch import nn
+
+from .backbones import BACKBONES, create_backbone, feature_map, register_backbone
+from .cam_head import CAMClassifier, ModelOutput
+
+
+def build_model(backbone: str, num_classes: int, img_size: int, drop_path_rate: float = 0.0) -> CAMClassifier:
+    """Build ``backbone`` (registry name or timm name) with the attention-map head."""
+    kwargs = {"drop_path_rate": drop_path_rate} if drop_path_rate > 0 else {}
+    body = create_backbone(backbone, img_size=img_size, **kwargs)
+    return CAMClassifier(body, num_features=body.num_features, num_classes=num_classes)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = [
+    "BACKBONES",
+    "CAMClassifier",
+    "ModelOutput",
+    "build_model",
+    "count_parameters",
+    "create_backbone",
+    "feature_map",
+    "register_backbone",
+]

@@ -1,0 +1,137 @@
+"""Evaluate a checkpoint: overall, mean-class and per-class accuracy, confusion matrix.
+
+    python test.py output/mek_r18/best.pth [--dataset raf-db --data-root DIR --split test]
+
+The model and the evaluation settings (dataset, image size, normalisation, precision, batch
+size) come from the checkpoint, so the numbers equal those train.py logged for it. Writes
+``confusion_matrix.png`` and ``predictions.csv`` next to the checkpoint (or to --out-dir).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+import engine
+from data import DatasetError, build_dataset
+from data.transforms import AugmentConfig, build_eval_transform
+from models import build_model
+from train import NORMALISATIONS, resolve_device, worker_error_message
+from utils.checkpoint import CheckpointError, check_model_fits, load_checkpoint
+from utils.logging import error_exit
+from utils.metrics import classification_metrics
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("Evaluate a MEK checkpoint", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("checkpoint", help="a .pth written by train.py (best.pth or last.pth)")
+    p.add_argument("--dataset", default=None, help="default: the checkpoint's")
+    p.add_argument("--data-root", default=None, help="default: the checkpoint's")
+    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--batch-size", type=int, default=None, help="default: the checkpoint's eval batch size")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--amp", choices=["off", "bf16", "fp16"], default=None, help="default: the checkpoint's")
+    p.add_argument("--out-dir", default=None, help="where to write the figure and CSV (default: next to the checkpoint)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def plot_confusion_matrix(matrix: list[list[int]], classes: list[str], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    counts = np.asarray(matrix, dtype=float)
+    rows = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(classes), 0.6 + 0.8 * len(classes)))
+    image = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, f"{rows[i, j] * 100:.0f}\n({int(counts[i, j])})", ha="center", va="center", fontsize=7,
+                    color="white" if rows[i, j] > 0.5 else "black")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(args: argparse.Namespace) -> dict:
+    state = load_checkpoint(args.checkpoint)
+    model_config, config = state["model_config"], state.get("config", {})
+    device = resolve_device(args.device)
+    amp = args.amp or config.get("amp", "off")
+    if amp == "fp16" and device.type != "cuda":
+        amp = "bf16"
+    dataset = args.dataset or config.get("dataset")
+    data_root = args.data_root or config.get("data_root")
+    if not dataset or not data_root:
+        error_exit(f"{args.checkpoint} does not record its dataset; pass --dataset and --data-root")
+
+    model = build_model(model_config["backbone"], model_config["num_classes"], model_config["img_size"])
+    check_model_fits(state["model"], model, args.checkpoint, model_config)
+    model.load_state_dict(state["model"])
+    model.to(device)
+    channels_last = bool(config.get("channels_last"))
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+
+    mean, std = NORMALISATIONS[model_config.get("norm", "imagenet")]
+    transform = build_eval_transform(AugmentConfig(img_size=model_config["img_size"], mean=mean, std=std,
+                                                   interpolation=model_config.get("interpolation", "bilinear")))
+    data = build_dataset(dataset, data_root, args.split, transform, num_classes=config.get("num_classes"))
+    if data.classes != model_config["classes"]:
+        error_exit(f"{dataset} at {data_root} has classes {data.classes}, the checkpoint {model_config['classes']}")
+    batch_size = args.batch_size or config.get("eval_batch_size") or 2 * config.get("batch_size", 32)
+    loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=args.workers)
+    indices, targets, predictions, probs = engine.predict(model, loader, device, amp, channels_last, not args.no_progress)
+    metrics = classification_metrics(targets.tolist(), predictions.tolist(), len(data.classes))
+
+    classes = data.classes
+    print(f"{args.checkpoint} on {dataset} {args.split} ({len(data)} images)")
+    print(f"overall accuracy {metrics['overall_acc'] * 100:.2f}  mean class accuracy {metrics['mean_acc'] * 100:.2f}  "
+          f"macro-F1 {metrics['macro_f1'] * 100:.2f}")
+    width = max(len(c) for c in classes)
+    for name, acc in zip(classes, metrics["per_class_acc"]):
+        print(f"  {name:<{width}}  {acc * 100:6.2f}")
+    print("confusion matrix (rows true, columns predicted): " + " ".join(c[:4] for c in classes))
+    for name, row in zip(classes, metrics["confusion_matrix"]):
+        print(f"  {name:<{width}}  " + " ".join(f"{n:5d}" for n in row))
+
+    out_dir = Path(args.out_dir) if args.out_dir else Path(args.checkpoint).parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"{Path(args.checkpoint).stem}_{args.split}"
+    plot_confusion_matrix(metrics["confusion_matrix"], classes, out_dir / f"{stem}_confusion_matrix.png",
+                          f"{model_config['backbone']}: overall {metrics['overall_acc'] * 100:.1f}, "
+                          f"mean {metrics['mean_acc'] * 100:.1f}")
+    with open(out_dir / f"{stem}_predictions.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "prediction", *[f"p_{c}" for c in classes]])
+        for index, target, prediction, p in zip(indices.tolist(), targets.tolist(), predictions.tolist(), probs.tolist()):
+            writer.writerow([str(data.samples[index].path), classes[target], classes[prediction], *[f"{x:.5f}" for x in p]])
+    (out_dir / f"{stem}_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {out_dir / f'{stem}_confusion_matrix.png'}, {stem}_predictions.csv and {stem}_metrics.json")
+    return metrics
+
+
+def cli(argv: list[str] | None = None) -> dict:
+    args = get_args_parser().parse_args(argv)
+    try:
+        return main(args)
+    except (DatasetError, CheckpointError, ValueError) as exc:
+        error_exit(worker_error_message(exc))
+
+
+if __name__ == "__main__":
+    cli()

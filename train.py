@@ -1,0 +1,404 @@
+"""Train a facial expression classifier with MEK (re-balanced smooth labels + re-balanced
+attention consistency) or any of its ablations.
+
+    python train.py --dataset raf-db --data-root dataset/raf-basic --backbone resnet18 \
+        --rsl-eps 0.3 --rac-weight 0.1 --output output/mek_r18
+
+Single process, or one process per device under ``torchrun --nproc_per_node N train.py ...``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+import engine
+from data import DEFAULT_ROOTS, DatasetError, build_dataset
+from data.sampler import ResumableSampler, ShardSampler
+from data.transforms import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, build_eval_transform, build_train_transform
+from losses import MEKLoss, class_weights_from_counts
+from models import build_model, count_parameters
+from utils.checkpoint import CheckpointError, capture_rng_state, code_version, load_checkpoint, restore_rng_state, save_checkpoint
+from utils.distributed import DistInfo, barrier, cleanup_distributed, init_distributed
+from utils.logging import RunLogger, error_exit
+from utils.optim import build_optimizer, build_scheduler
+
+NORMALISATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "half": ((0.5,) * 3, (0.5,) * 3)}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("MEK training", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="raf-db", help="raf-db | folder | demo (data/__init__.py)")
+    g.add_argument("--data-root", default=None, help="dataset root (default: dataset/raf-basic or dataset/demo)")
+    g.add_argument("--label-file", default=None, help="alternative training label list, same format as RAF-DB's")
+    g.add_argument("--num-classes", type=int, default=None, help="keep the first N canonical classes (e.g. 7 drops contempt)")
+    g.add_argument("--img-size", type=int, default=224)
+    g.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    g.add_argument("--cache-images", action="store_true", help="decode every image once into memory")
+    g.add_argument("--skip-bad-images", action="store_true", help="log and skip unreadable images instead of stopping")
+
+    g = p.add_argument_group("augmentation")
+    g.add_argument("--norm", choices=sorted(NORMALISATIONS), default="imagenet", help="mean/std: ImageNet or 0.5")
+    g.add_argument("--scale-min", type=float, default=1.0, help="random-resized-crop area minimum (1 = plain resize)")
+    g.add_argument("--hflip", type=float, default=0.5)
+    g.add_argument("--color-jitter", type=float, default=0.0, help="(ignored by timm when --auto-augment is set)")
+    g.add_argument("--auto-augment", default=None, help="timm auto-augment policy, e.g. rand-m9-mstd0.5-inc1")
+    g.add_argument("--interpolation", choices=["bilinear", "bicubic"], default="bilinear")
+    g.add_argument("--reprob", type=float, default=0.25, help="random erasing probability")
+    g.add_argument("--remode", choices=["const", "pixel"], default="const")
+    g.add_argument("--re-max-area", type=float, default=0.25, help="random erasing maximum area fraction")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--backbone", default="resnet18", help="resnet18 | resnet50 | swin_t | any timm feature-map model")
+    g.add_argument("--pretrained", default=None, help="local backbone weights file (see pretrained/README.md)")
+    g.add_argument("--allow-partial", action="store_true", help="accept pretrained weights that cover < 95%% of the backbone")
+    g.add_argument("--drop-path", type=float, default=0.0, help="stochastic depth rate (transformers)")
+
+    g = p.add_argument_group("method (MEK)")
+    g.add_argument("--rsl-eps", type=float, default=0.3, help="re-balanced smooth labels epsilon; 0 = cross-entropy")
+    g.add_argument("--rac-weight", type=float, default=0.1, help="lambda of re-balanced attention consistency; 0 = off")
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--batch-size", type=int, default=32, help="per process")
+    g.add_argument("--epochs", type=int, default=60)
+    g.add_argument("--steps", type=int, default=None, help="total optimiser steps (overrides --epochs)")
+    g.add_argument("--opt", default="adam", help="adamw | adam | sgd (timm optimiser names)")
+    g.add_argument("--lr", type=float, default=2e-4)
+    g.add_argument("--lr-base-batch", type=int, default=None,
+                   help="if set, --lr, --warmup-lr and --min-lr are per this total batch and scaled linearly")
+    g.add_argument("--weight-decay", type=float, default=1e-4)
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--sched", choices=["cosine", "exponential", "constant"], default="exponential")
+    g.add_argument("--decay-rate", type=float, default=0.9, help="exponential schedule: factor per epoch")
+    g.add_argument("--warmup-steps", type=int, default=0)
+    g.add_argument("--warmup-lr", type=float, default=0.0)
+    g.add_argument("--min-lr", type=float, default=0.0, help="cosine floor")
+    g.add_argument("--clip-grad", type=float, default=None, help="gradient norm clipping")
+
+    g = p.add_argument_group("speed and scale")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto = CUDA when present")
+    g.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off", help="mixed precision (fp16 needs CUDA)")
+    g.add_argument("--channels-last", action="store_true", help="channels-last memory format (CNNs)")
+    g.add_argument("--flip-forward", choices=["one-pass", "two-pass"], default="one-pass",
+                   help="image and mirror in one forward pass, or two (BatchNorm statistics differ slightly)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes")
+    g.add_argument("--eval-batch-size", type=int, default=None, help="default: 2x --batch-size")
+
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--output", default="output/run", help="output directory")
+    g.add_argument("--resume", default=None, help="checkpoint to resume, or 'auto' for OUTPUT/last.pth")
+    g.add_argument("--overwrite", action="store_true", help="reuse an output directory that holds a run")
+    g.add_argument("--eval-interval", type=int, default=0, help="evaluate every N steps (0 = every epoch)")
+    g.add_argument("--save-interval", type=int, default=200, help="write last.pth every N steps within an epoch (0 = off)")
+    g.add_argument("--skip-nonfinite", action="store_true", help="skip batches with a NaN/Inf loss (counted) instead of stopping")
+    g.add_argument("--dry-run", action="store_true", help="build everything, run one batch, print a summary and exit")
+    g.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    return p
+
+
+def resolve_device(name: str, dist_info: DistInfo | None = None) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        error_exit("--device cuda, but CUDA is not available on this machine")
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", dist_info.local_rank if dist_info else 0)
+    return torch.device("cpu")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    if args.amp == "fp16" and args.device_type != "cuda":
+        error_exit("--amp fp16 needs CUDA; use --amp bf16 on CPU")
+    for flag in ("batch_size", "epochs", "img_size"):
+        if getattr(args, flag) <= 0:
+            error_exit(f"--{flag.replace('_', '-')} must be positive")
+    if args.steps is not None and args.steps <= 0:
+        error_exit("--steps must be positive")
+    if not 0 <= args.rsl_eps < 1:
+        error_exit(f"--rsl-eps must be in [0, 1), got {args.rsl_eps}")
+    if args.rac_weight < 0:
+        error_exit(f"--rac-weight must be >= 0, got {args.rac_weight}")
+
+
+def prepare_output(args: argparse.Namespace, main: bool) -> None:
+    """Refuse to clobber a run: an output dir with a checkpoint or metrics needs --resume or --overwrite."""
+    out = Path(args.output)
+    if args.resume == "auto":
+        args.resume = str(out / "last.pth") if (out / "last.pth").is_file() else None
+    holds_run = (out / "last.pth").exists() or ((out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").stat().st_size > 0)
+    if holds_run and not args.resume and not args.overwrite:
+        error_exit(f"--output {out} already holds a run; pass --resume auto to continue it or --overwrite to replace it")
+    if main:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            probe = out / ".write_test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            error_exit(f"--output {out} is not writable: {exc.strerror or exc}")
+
+
+def build_data(args: argparse.Namespace, dist_info: DistInfo):
+    mean, std = NORMALISATIONS[args.norm]
+    aug = AugmentConfig(
+        img_size=args.img_size, mean=mean, std=std, scale=(args.scale_min, 1.0), hflip=args.hflip,
+        color_jitter=args.color_jitter, auto_augment=args.auto_augment, interpolation=args.interpolation,
+        reprob=args.reprob, remode=args.remode, re_max_area=args.re_max_area,
+    )
+    root = args.data_root or DEFAULT_ROOTS.get(args.dataset)
+    if root is None:
+        error_exit(f"--data-root is required for --dataset {args.dataset}")
+    args.data_root = root
+    common = dict(num_classes=args.num_classes, skip_bad_images=args.skip_bad_images)
+    train_set = build_dataset(args.dataset, root, "train", build_train_transform(aug), label_file=args.label_file, **common)
+    test_set = build_dataset(args.dataset, root, "test", build_eval_transform(aug), **common)
+    if test_set.classes != train_set.classes:
+        error_exit(f"train and test classes differ: {train_set.classes} vs {test_set.classes}")
+    if args.skip_bad_images and not args.dry_run:
+        train_set.bad_image_log = test_set.bad_image_log = Path(args.output) / "bad_images.tsv"
+    if args.cache_images:
+        train_set.cache_images()
+        test_set.cache_images()
+
+    train_sampler = ResumableSampler(len(train_set), args.seed, True, dist_info.rank, dist_info.world_size)
+    loader_kw = dict(num_workers=args.workers, pin_memory=args.device_type == "cuda",
+                     persistent_workers=False, generator=torch.Generator().manual_seed(args.seed))
+    # drop_last keeps every step's batch full (and BatchNorm away from batches of one).
+    train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=train_sampler, drop_last=True, **loader_kw)
+    test_loader = DataLoader(test_set, batch_size=args.eval_batch_size or 2 * args.batch_size,
+                             sampler=ShardSampler(len(test_set), dist_info.rank, dist_info.world_size), **loader_kw)
+    return train_set, test_set, train_sampler, train_loader, test_loader
+
+
+def format_eval(metrics: dict, classes: list[str]) -> str:
+    per_class = " ".join(f"{c[:4]}={a * 100:.1f}" for c, a in zip(classes, metrics["per_class_acc"]))
+    return (f"overall {metrics['overall_acc'] * 100:.2f}  mean {metrics['mean_acc'] * 100:.2f}  "
+            f"macro-F1 {metrics['macro_f1'] * 100:.2f} | {per_class}")
+
+
+def main(args: argparse.Namespace) -> None:
+    dist_info = init_distributed("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device, dist_info)
+    args.device_type = device.type
+    args.world_size = dist_info.world_size
+    check_args(args)
+    if not args.dry_run:
+        prepare_output(args, dist_info.is_main)
+    torch.manual_seed(args.seed + dist_info.rank)
+
+    train_set, test_set, train_sampler, train_loader, test_loader = build_data(args, dist_info)
+    classes = train_set.classes
+    counts = train_set.class_counts()
+    class_weights = class_weights_from_counts(counts)
+    steps_per_epoch = len(train_set) // (args.batch_size * dist_info.world_size)
+    if steps_per_epoch == 0:
+        error_exit(f"the training set has {len(train_set)} images, fewer than one batch of {args.batch_size * dist_info.world_size}")
+    total_steps = args.steps or args.epochs * steps_per_epoch
+    num_epochs = math.ceil(total_steps / steps_per_epoch)
+
+    model = build_model(args.backbone, num_classes=len(classes), img_size=args.img_size, drop_path_rate=args.drop_path)
+    if args.pretrained:
+        from models.pretrained import PretrainedLoadError, load_pretrained_backbone
+
+        try:
+            report = load_pretrained_backbone(model.backbone, args.pretrained, args.backbone, allow_partial=args.allow_partial)
+        except PretrainedLoadError as exc:
+            error_exit(str(exc))
+        if dist_info.is_main:
+            print(report.summary(), flush=True)
+    model.to(device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if args.sync_bn and dist_info.enabled:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model_without_ddp = model
+    if dist_info.enabled:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if args.compile:
+        model = torch.compile(model)
+
+    criterion = MEKLoss(class_weights, rsl_eps=args.rsl_eps, rac_weight=args.rac_weight).to(device)
+    lr_scale = (args.batch_size * dist_info.world_size / args.lr_base_batch) if args.lr_base_batch else 1.0
+    optimizer = build_optimizer(model_without_ddp, args.opt, args.lr * lr_scale, args.weight_decay, args.momentum)
+    scheduler = build_scheduler(optimizer, args.sched, total_steps, steps_per_epoch, args.warmup_steps,
+                                args.warmup_lr * lr_scale, args.min_lr * lr_scale, args.decay_rate)
+    scaler = torch.amp.GradScaler("cuda") if args.amp == "fp16" else None
+    options = engine.StepOptions(amp=args.amp, channels_last=args.channels_last, flip_forward=args.flip_forward,
+                                 clip_grad=args.clip_grad, skip_nonfinite=args.skip_nonfinite)
+
+    summary = [
+        f"dataset {args.dataset} at {args.data_root}: {len(train_set)} train / {len(test_set)} test images",
+        "train counts: " + ", ".join(f"{c}={n}" for c, n in zip(classes, counts)),
+        "test counts:  " + ", ".join(f"{c}={n}" for c, n in zip(classes, test_set.class_counts())),
+        "class weights N/(10 n_k): " + ", ".join(f"{c}={w:.4f}" for c, w in zip(classes, class_weights.tolist())),
+        f"model {args.backbone} @ {args.img_size}px: {count_parameters(model_without_ddp) / 1e6:.2f}M parameters, "
+        f"{len(classes)} classes; device {device}, amp {args.amp}, world size {dist_info.world_size}",
+        f"loss: RSL eps={args.rsl_eps} + {args.rac_weight} x RAC; {total_steps} steps "
+        f"({steps_per_epoch}/epoch, {num_epochs} epochs), lr {args.lr * lr_scale:.3g} ({args.opt}, {args.sched})",
+    ]
+    if args.dry_run:
+        if dist_info.is_main:
+            print("\n".join(summary), flush=True)
+        train_sampler.set_epoch(0)
+        images, labels, _ = next(iter(train_loader))
+        model.train()
+        terms = engine.compute_loss(model, criterion, images.to(device), labels.to(device), device, options)
+        terms["loss"].backward()
+        if dist_info.is_main:
+            print("dry run: one batch of", tuple(images.shape), "->",
+                  ", ".join(f"{k}={float(v.detach()):.4f}" for k, v in terms.items()), flush=True)
+        cleanup_distributed()
+        return
+
+    logger = RunLogger(args.output, enabled=dist_info.is_main, resume=bool(args.resume))
+    progress = engine.TrainProgress()
+    best_mean = -1.0
+    if args.resume:
+        state = load_checkpoint(args.resume)
+        _check_resumable(state, model_without_ddp, args)
+        model_without_ddp.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        progress = engine.TrainProgress(**state["progress"])
+        best_mean = state.get("best_mean_acc", -1.0)
+        restore_rng_state(state["rng"][dist_info.rank] if isinstance(state["rng"], list) else state["rng"])
+        logger.truncate_metrics(after_step=progress.step)  # drop records of steps the resumed run redoes
+        logger.info(f"resumed from {args.resume} at epoch {progress.epoch}, step {progress.step}")
+    else:
+        for line in summary:
+            logger.info(line)
+    config = {**vars(args), "classes": classes, "train_counts": counts, "class_weights": class_weights.tolist(),
+              "code_version": code_version(), "total_steps": total_steps, "steps_per_epoch": steps_per_epoch}
+    logger.write_config(config)
+    model_config = {"backbone": args.backbone, "num_classes": len(classes), "img_size": args.img_size,
+                    "classes": classes, "norm": args.norm, "interpolation": args.interpolation}
+
+    def checkpoint_state(progress: engine.TrainProgress, metrics: dict | None = None) -> dict:
+        return {**checkpoint_state_local(progress, metrics), "rng": _gather_rng(dist_info)}
+
+    def checkpoint_state_local(progress: engine.TrainProgress, metrics: dict | None = None) -> dict:
+        return {
+            "model": model_without_ddp.state_dict(), "model_config": model_config, "config": config,
+            "code_version": config["code_version"], "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
+            "progress": vars(progress).copy(), "rng": capture_rng_state(), "best_mean_acc": best_mean,
+            "metrics": metrics,
+        }
+
+    def save(name: str, progress: engine.TrainProgress, metrics: dict | None = None) -> None:
+        state = checkpoint_state(progress, metrics)  # every rank joins the RNG gather
+        if dist_info.is_main:
+            save_checkpoint(state, Path(args.output) / name)
+
+    def run_eval(progress: engine.TrainProgress) -> dict:
+        nonlocal best_mean
+        metrics = engine.evaluate(model, test_loader, device, len(classes), args.amp, args.channels_last,
+                                  show_progress=not args.no_progress and dist_info.is_main)
+        averages = progress.averages()
+        record = {"epoch": progress.epoch, "step": progress.step, "loss": averages.get("loss", float("nan")),
+                  **{f"loss_{k}": v for k, v in averages.items() if k != "loss"},
+                  "lr": optimizer.param_groups[0]["lr"], "skipped_nonfinite": progress.skipped_nonfinite,
+                  **{k: metrics[k] for k in ("overall_acc", "mean_acc", "per_class_acc", "macro_f1")},
+                  "classes": classes, "time": round(time.time() - start_time, 1)}
+        logger.write_metrics(record)
+        terms = " ".join(f"{k} {v:.4f}" for k, v in averages.items())
+        logger.info(f"epoch {progress.epoch} step {progress.step} | {terms} | {format_eval(metrics, classes)}")
+        if metrics["mean_acc"] > best_mean:
+            best_mean = metrics["mean_acc"]
+            save("best.pth", progress, metrics)
+        return metrics
+
+    def on_step(progress: engine.TrainProgress) -> None:
+        if args.eval_interval and progress.step % args.eval_interval == 0 and progress.step < total_steps:
+            model.eval()
+            run_eval(progress)
+            model.train()
+        if args.save_interval and progress.step % args.save_interval == 0 and progress.batch_in_epoch < steps_per_epoch:
+            save("last.pth", progress)
+
+    start_time = time.time()
+    try:
+        while progress.step < total_steps:
+            if progress.batch_in_epoch >= steps_per_epoch:
+                progress.start_epoch(progress.epoch + 1)
+            elif progress.batch_in_epoch == 0:
+                progress.start_epoch(progress.epoch)
+            train_sampler.set_epoch(progress.epoch, progress.batch_in_epoch * args.batch_size)
+            engine.train_one_epoch(model, criterion, train_loader, optimizer, scheduler, scaler, device, options,
+                                   progress, total_steps, on_step, show_progress=not args.no_progress and dist_info.is_main,
+                                   total_batches=steps_per_epoch)
+            metrics = run_eval(progress) if not args.eval_interval or progress.step >= total_steps else None
+            save("last.pth", progress, metrics)
+    except engine.NonFiniteLossError as exc:
+        # Saved by the rank that met it, without collectives (the other ranks may be elsewhere).
+        path = Path(args.output) / f"nonfinite_step{exc.step}_rank{dist_info.rank}.pth"
+        save_checkpoint({**checkpoint_state_local(progress)}, path)
+        error_exit(f"{exc}; diagnostic checkpoint {path}; "
+                   "lower --lr, use --clip-grad, or pass --skip-nonfinite to skip such batches")
+    if args.skip_bad_images:
+        log = Path(args.output) / "bad_images.tsv"
+        bad = sorted({line.split("\t")[0] for line in log.read_text().splitlines()}) if log.exists() else []
+        logger.info(f"skipped {len(bad)} unreadable images" + (f" (listed in {log})" if bad else ""))
+    if progress.skipped_nonfinite:
+        logger.info(f"skipped {progress.skipped_nonfinite} batches with a non-finite loss")
+    logger.info(f"done in {time.time() - start_time:.0f}s; best mean accuracy {best_mean * 100:.2f}; "
+                f"checkpoints in {args.output}")
+    logger.close()
+    barrier()
+    cleanup_distributed()
+
+
+def _gather_rng(dist_info: DistInfo):
+    state = capture_rng_state()
+    if not dist_info.enabled:
+        return state
+    gathered = [None] * dist_info.world_size
+    torch.distributed.all_gather_object(gathered, state)
+    return gathered
+
+
+def _check_resumable(state: dict, model: torch.nn.Module, args: argparse.Namespace) -> None:
+    from utils.checkpoint import check_model_fits
+
+    if "progress" not in state or "optimizer" not in state:
+        raise CheckpointError(f"{args.resume} has no training state (optimizer/progress); it cannot be resumed")
+    check_model_fits(state["model"], model, args.resume, state.get("model_config"))
+    saved = state.get("config", {})
+    for key in ("batch_size", "world_size", "dataset", "seed"):
+        if key in saved and saved[key] != getattr(args, key):
+            raise CheckpointError(
+                f"{args.resume} was trained with --{key.replace('_', '-')} {saved[key]}, this run has {getattr(args, key)}; "
+                "an exact resume needs the same value")
+
+
+def worker_error_message(exc: Exception) -> str:
+    """The original message of an error re-raised from a DataLoader worker, without its traceback."""
+    text = str(exc)
+    if "Original Traceback" not in text:
+        return text
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    return last.split(": ", 1)[1] if ": " in last else last
+
+
+def cli(argv: list[str] | None = None) -> None:
+    args = get_args_parser().parse_args(argv)
+    try:
+        main(args)
+    except (DatasetError, CheckpointError, ValueError) as exc:
+        error_exit(worker_error_message(exc))
+    except KeyboardInterrupt:
+        print("interrupted; resume with --resume auto", file=sys.stderr)
+        raise SystemExit(130)
+
+
+if __name__ == "__main__":
+    cli()

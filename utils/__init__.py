@@ -1,0 +1,1 @@
+"""Generic machinery: checkpointing, distributed helpers, metrics, logging."""

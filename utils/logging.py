@@ -1,0 +1,65 @@
+"""Run output: the human log, metrics.jsonl (one JSON object per evaluation) and config.json.
+
+Only the main rank writes; every method is a no-op elsewhere.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+class RunLogger:
+    def __init__(self, output_dir: str | Path, enabled: bool = True, resume: bool = False) -> None:
+        self.output_dir = Path(output_dir)
+        self.enabled = enabled
+        if enabled:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            mode = "a" if resume else "w"
+            self._log = open(self.output_dir / "log.txt", mode, encoding="utf-8", buffering=1)
+            if not resume:
+                (self.output_dir / "metrics.jsonl").write_text("", encoding="utf-8")
+
+    def info(self, message: str) -> None:
+        if not self.enabled:
+            return
+        print(message, flush=True)
+        self._log.write(message + "\n")
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        if self.enabled:
+            text = json.dumps(config, indent=2, sort_keys=True, default=str)
+            (self.output_dir / "config.json").write_text(text + "\n", encoding="utf-8")
+
+    def write_metrics(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            with open(self.output_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record, sort_keys=True) + "\n")
+                handle.flush()
+
+    def truncate_metrics(self, after_step: int) -> None:
+        """Keep only records up to ``after_step`` (a resumed run rewrites the later ones)."""
+        path = self.output_dir / "metrics.jsonl"
+        if not self.enabled or not path.is_file():
+            return
+        kept = [r for r in read_metrics(path) if r.get("step", 0) <= after_step]
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept), encoding="utf-8")
+        tmp.replace(path)
+
+    def close(self) -> None:
+        if self.enabled:
+            self._log.close()
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """Read a metrics.jsonl file."""
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def error_exit(message: str, code: int = 2) -> None:
+    """Print one clear error line and exit non-zero (no traceback)."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(code)

@@ -1,0 +1,32 @@
+"""Classification metrics for imbalanced FER, from scikit-learn.
+
+- overall_acc: fraction of test samples classified correctly.
+- mean_acc: unweighted mean of per-class recalls (the "mean class accuracy" of FER papers).
+- per_class_acc: recall of each class; macro_f1: unweighted mean of per-class F1.
+All are fractions in [0, 1].
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from sklearn.metrics import confusion_matrix, f1_score
+
+
+def classification_metrics(targets: Sequence[int], predictions: Sequence[int], num_classes: int) -> dict:
+    """Metrics of ``predictions`` against ``targets``; classes absent from targets are left out of mean_acc."""
+    targets = np.asarray(targets, dtype=np.int64)
+    predictions = np.asarray(predictions, dtype=np.int64)
+    labels = list(range(num_classes))
+    matrix = confusion_matrix(targets, predictions, labels=labels)
+    support = matrix.sum(axis=1)
+    present = support > 0
+    per_class = np.divide(np.diag(matrix), support, out=np.zeros(num_classes), where=present)
+    return {
+        "overall_acc": float((targets == predictions).mean()) if len(targets) else 0.0,
+        "mean_acc": float(per_class[present].mean()) if present.any() else 0.0,
+        "per_class_acc": [float(x) for x in per_class],
+        "macro_f1": float(f1_score(targets, predictions, labels=[l for l in labels if present[l]], average="macro", zero_division=0)),
+        "confusion_matrix": matrix.tolist(),
+        "num_samples": int(len(targets)),
+    }

@@ -1,0 +1,37 @@
+"""Optimiser and learning-rate schedule, from timm.
+
+Schedules are stepped per optimiser update (``step_update(step)``), so the learning rate
+is a pure function of the global step and resumes exactly.
+"""
+from __future__ import annotations
+
+import torch
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler, StepLRScheduler
+from torch import nn
+
+
+def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float = 0.9) -> torch.optim.Optimizer:
+    """AdamW / Adam / SGD (or any timm optimiser name); no weight decay on biases and norms."""
+    return create_optimizer_v2(model, opt=name, lr=lr, weight_decay=weight_decay, momentum=momentum)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer,
+    name: str,
+    total_steps: int,
+    steps_per_epoch: int,
+    warmup_steps: int = 0,
+    warmup_lr: float = 0.0,
+    min_lr: float = 0.0,
+    decay_rate: float = 0.9,
+):
+    """'cosine' (warmup then cosine to ``min_lr``), 'exponential' (x ``decay_rate`` each epoch) or 'constant'."""
+    common = dict(warmup_t=warmup_steps, warmup_lr_init=warmup_lr, t_in_epochs=False)
+    if name == "cosine":
+        return CosineLRScheduler(optimizer, t_initial=max(total_steps, 1), lr_min=min_lr, **common)
+    if name == "exponential":
+        return StepLRScheduler(optimizer, decay_t=max(steps_per_epoch, 1), decay_rate=decay_rate, **common)
+    if name == "constant":
+        return StepLRScheduler(optimizer, decay_t=max(total_steps, 1) * 10, decay_rate=1.0, **common)
+    raise ValueError(f"--sched {name!r} is unknown; choose cosine, exponential or constant")
