@@ -18,10 +18,13 @@ SampleListFactory = Callable[..., tuple[list[Sample], list[str]]]
 
 
 def _demo_samples(root: Path, split: str, label_file: Path | None = None, num_classes: int | None = None):
-    # The demo set is generated on first use, then read through the real RAF-DB loader.
+    # The demo set is generated on first use (default size), then read through the real
+    # RAF-DB loader; a set generated beforehand with other parameters is used as it is.
     from .demo import generate_demo_dataset
+    from .raf_db import LABEL_LIST
 
-    generate_demo_dataset(root)
+    if not (root / LABEL_LIST).is_file():
+        generate_demo_dataset(root)
     return raf_db_samples(root, split, label_file, num_classes)
 
 

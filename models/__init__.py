@@ -4,6 +4,7 @@ from __future__ import annotations
 from torch import nn
 
 from .backbones import BACKBONES, create_backbone, feature_map, register_backbone
+from . import vggface2_resnet  # registers resnet50_vggface2
 from .cam_head import CAMClassifier, ModelOutput
 
 

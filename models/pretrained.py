@@ -2,14 +2,15 @@
 
 ``load_pretrained_backbone`` reads the file, finds the state dict inside its wrappers, detects the
 format, converts names to the timm backbone's layout, drops classifier heads, checks that the weights
-really fit (shapes, fraction of parameters covered, Caffe vs torchvision stride layout) and only then
-loads them. Supported formats (see ``pretrained/README.md``):
+really fit (shapes, tensors the backbone lacks, fraction of parameters covered, Caffe vs torchvision
+stride layout, recorded backbone name) and only then loads them. Supported formats (see ``pretrained/README.md``):
 
 * ``state-dict``: timm / torchvision names, e.g. MS-Celeb-1M ``resnet18_msceleb.pth`` (``{'state_dict': ...}``
   with torchvision ResNet-18 names) or ImageNet weights, optionally wrapped in ``model`` / ``state_dict`` /
   ``state_dict_backbone`` and prefixed by ``module.`` (DDP). An ImageNet Swin-T (patch 4) is loaded into
   the patch-2 ``swin_t`` by resampling the patch embedding.
-* ``project-checkpoint``: this project's own checkpoints (``backbone.*`` + ``head.*``).
+* ``project-checkpoint``: a backbone saved inside a bigger model, e.g. this project's checkpoints
+  (``backbone.*`` loaded; ``head.*`` and anything else dropped) or MEK's full model (``encoder.*``).
 * ``swin-original-layout``: Microsoft's Swin layout, e.g. MEK's face-pretrained ``start_0.pt``.
 * ``vggface2-caffe-resnet50``: the VGGFace2 ResNet-50 pickle ``resnet50_ft_weight.pkl`` (numpy arrays).
 """

@@ -22,7 +22,9 @@ import torch.nn.functional as F
 import torchvision
 from timm.layers import resample_patch_embed
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from any directory
+ROOT = str(Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:  # run from any directory
+    sys.path.insert(0, ROOT)
 
 import models.vggface2_resnet  # noqa: E402,F401  (registers resnet50_vggface2)
 from models.backbones import create_backbone, feature_map  # noqa: E402
@@ -38,6 +40,15 @@ from models.pretrained import (  # noqa: E402
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """The test machines have 2 shared cores: one intra-op thread is much faster there (and fairer)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,0 +1,87 @@
+#!/bin/sh
+# MEK experiments. Usage:
+#   sh train_exp.sh [RECIPE] [extra train.py flags ...]
+# RECIPE:
+#   swin      MEK, Swin-T at 112 on RAF-DB (the paper's recipe; the default)
+#   swin-ce   the plain cross-entropy baseline of the same recipe
+#   r18       MEK, ResNet-18 at 224 on RAF-DB (the EAC/RUL recipe it builds on)
+#   r18-ce    the plain cross-entropy baseline of that recipe
+#   demo      MEK on generated synthetic faces, a few minutes on a CPU
+# Environment: DATA_ROOT (default dataset/raf-basic), OUTPUT (default output/<recipe>),
+#   PYTHON (default python), NGPUS (processes per machine; default: all visible GPUs, 1 on CPU),
+#   NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT for several machines (torchrun rendezvous).
+# Extra flags are passed to train.py last, so they override the recipe (e.g. --rac-weight 0).
+set -eu
+
+RECIPE="${1:-swin}"
+case "$RECIPE" in -*) RECIPE=swin ;; *) [ $# -gt 0 ] && shift ;; esac
+PYTHON="${PYTHON:-python}"
+DATA_ROOT="${DATA_ROOT:-dataset/raf-basic}"
+OUTPUT="${OUTPUT:-output/$RECIPE}"
+
+# The paper's Swin-T recipe: RandAugment + pixel random erasing, AdamW 5e-4 per 512 images,
+# 2,000 warmup steps, cosine to 5e-6 (both scaled), clip 5, 60,000 steps, eval every 1,000.
+SWIN="--backbone swin_t --img-size 112 --norm half --interpolation bicubic --scale-min 1.0 \
+  --auto-augment rand-m9-mstd0.5-inc1 --color-jitter 0.4 --reprob 0.25 --remode pixel --re-max-area 0.3333 \
+  --opt adamw --lr 5e-4 --lr-base-batch 512 --weight-decay 0.05 --sched cosine --warmup-steps 2000 \
+  --warmup-lr 5e-7 --min-lr 5e-6 --clip-grad 5 --batch-size 32 --steps 60000 --eval-interval 1000"
+# ResNet-18 as in EAC/RUL: 224 input, ImageNet normalisation, random erasing (0.02-0.25),
+# Adam 2e-4, weight decay 1e-4, x0.9 per epoch, batch 32, 60 epochs.
+R18="--backbone resnet18 --img-size 224 --norm imagenet --reprob 0.5 --re-max-area 0.25 --remode const \
+  --opt adam --lr 2e-4 --weight-decay 1e-4 --sched exponential --decay-rate 0.9 --batch-size 32 --epochs 60"
+MEK="--rsl-eps 0.3 --rac-weight 0.1"
+CE="--rsl-eps 0 --rac-weight 0"
+
+have_cuda() { "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; }
+if have_cuda; then
+  FAST="--amp fp16 --channels-last"
+  NGPUS="${NGPUS:-$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())')}"
+else
+  FAST="--amp bf16 --channels-last"
+  NGPUS="${NGPUS:-1}"
+fi
+
+need_raf_db() {
+  if [ ! -f "$DATA_ROOT/EmoLabel/list_patition_label.txt" ]; then
+    echo "error: RAF-DB not found: $DATA_ROOT/EmoLabel/list_patition_label.txt is missing." >&2
+    echo "  Put RAF-DB basic at dataset/raf-basic (EmoLabel/list_patition_label.txt and Image/aligned/*.jpg;" >&2
+    echo "  see dataset/README.md) or set DATA_ROOT=/path/to/raf-basic." >&2
+    echo "  Without RAF-DB, try the pipeline on generated faces: sh train_exp.sh demo" >&2
+    exit 2
+  fi
+}
+
+case "$RECIPE" in
+  swin)    need_raf_db; FLAGS="--dataset raf-db --data-root $DATA_ROOT $SWIN $MEK"
+           [ -f pretrained/start_0.pt ] && FLAGS="$FLAGS --pretrained pretrained/start_0.pt" ;;
+  swin-ce) need_raf_db; FLAGS="--dataset raf-db --data-root $DATA_ROOT $SWIN $CE"
+           [ -f pretrained/start_0.pt ] && FLAGS="$FLAGS --pretrained pretrained/start_0.pt" ;;
+  r18)     need_raf_db; FLAGS="--dataset raf-db --data-root $DATA_ROOT $R18 $MEK"
+           [ -f pretrained/resnet18_msceleb.pth ] && FLAGS="$FLAGS --pretrained pretrained/resnet18_msceleb.pth" ;;
+  r18-ce)  need_raf_db; FLAGS="--dataset raf-db --data-root $DATA_ROOT $R18 $CE"
+           [ -f pretrained/resnet18_msceleb.pth ] && FLAGS="$FLAGS --pretrained pretrained/resnet18_msceleb.pth" ;;
+  demo)    FLAGS="--dataset demo --data-root ${DEMO_ROOT:-dataset/demo} --backbone resnet18 --img-size 64 \
+             --opt adamw --lr 2e-3 --weight-decay 0.05 --sched cosine --warmup-steps 20 --batch-size 32 --epochs 6 \
+             --reprob 0.25 --workers 0 --cache-images --overwrite $MEK" ;;
+  *) echo "error: unknown recipe '$RECIPE' (swin, swin-ce, r18, r18-ce, demo)" >&2; exit 2 ;;
+esac
+case "$RECIPE" in swin*|r18*)
+  if [ ! -f pretrained/start_0.pt ] && [ ! -f pretrained/resnet18_msceleb.pth ]; then
+    echo "note: no face-pretrained backbone in pretrained/ (see pretrained/README.md); training from scratch" >&2
+  fi ;;
+esac
+
+if [ "${NNODES:-1}" -gt 1 ] || [ "$NGPUS" -gt 1 ]; then
+  LAUNCH="$PYTHON -m torch.distributed.run --nnodes ${NNODES:-1} --nproc_per_node $NGPUS"
+  if [ "${NNODES:-1}" -gt 1 ]; then
+    LAUNCH="$LAUNCH --node_rank ${NODE_RANK:?set NODE_RANK} --master_addr ${MASTER_ADDR:?set MASTER_ADDR} --master_port ${MASTER_PORT:-29500}"
+  else
+    LAUNCH="$LAUNCH --standalone"
+  fi
+else
+  LAUNCH="$PYTHON"
+fi
+
+echo "+ $LAUNCH train.py $FLAGS $FAST --output $OUTPUT $*"
+# shellcheck disable=SC2086
+exec $LAUNCH train.py $FLAGS $FAST --output "$OUTPUT" "$@"
