@@ -110,6 +110,8 @@ def train_one_epoch(
         if progress.step >= max_steps or (total_batches is not None and progress.batch_in_epoch >= total_batches):
             break
         scheduler.step_update(progress.step)
+        if hasattr(criterion, "set_step"):
+            criterion.set_step(progress.step)
         images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
         labels = labels.to(device, non_blocking=True)
 

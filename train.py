@@ -24,7 +24,15 @@ from data.sampler import ResumableSampler, ShardSampler
 from data.transforms import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, build_eval_transform, build_train_transform
 from losses import MEKLoss, class_weights_from_counts
 from models import build_model, count_parameters
-from utils.checkpoint import CheckpointError, capture_rng_state, code_version, load_checkpoint, restore_rng_state, save_checkpoint
+from utils.checkpoint import (
+    CheckpointError,
+    capture_rng_state,
+    check_model_fits,
+    code_version,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
 from utils.distributed import DistInfo, barrier, cleanup_distributed, init_distributed
 from utils.logging import RunLogger, error_exit
 from utils.optim import build_optimizer, build_scheduler
@@ -60,10 +68,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--pretrained", default=None, help="local backbone weights file (see pretrained/README.md)")
     g.add_argument("--allow-partial", action="store_true", help="accept pretrained weights that cover < 95%% of the backbone")
     g.add_argument("--drop-path", type=float, default=0.0, help="stochastic depth rate (transformers)")
+    g.add_argument("--init-checkpoint", default=None,
+                   help="start from the full model (backbone and head) of a checkpoint of this codebase; "
+                        "optimiser and schedule start fresh (warm start / fine-tuning)")
 
     g = p.add_argument_group("method (MEK)")
     g.add_argument("--rsl-eps", type=float, default=0.3, help="re-balanced smooth labels epsilon; 0 = cross-entropy")
     g.add_argument("--rac-weight", type=float, default=0.1, help="lambda of re-balanced attention consistency; 0 = off")
+    g.add_argument("--class-weight-power", type=float, default=1.0,
+                   help="temper the class weights: w_k = (N / (10 n_k)) ** power, power in [0, 1]; 1 = paper")
+    g.add_argument("--mek-start-step", type=int, default=0,
+                   help="plain cross-entropy before this step, then RSL and RAC (deferred start; 0 = paper)")
+    g.add_argument("--mek-start-epoch", type=int, default=None, help="the same in epochs (overrides --mek-start-step)")
+    g.add_argument("--mek-ramp-steps", type=int, default=0,
+                   help="after the start, ramp eps and lambda linearly to their values over N steps (0 = at once)")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, default=32, help="per process")
@@ -196,7 +214,7 @@ def main(args: argparse.Namespace) -> None:
     train_set, test_set, train_sampler, train_loader, test_loader = build_data(args, dist_info)
     classes = train_set.classes
     counts = train_set.class_counts()
-    class_weights = class_weights_from_counts(counts)
+    class_weights = class_weights_from_counts(counts, power=args.class_weight_power)
     steps_per_epoch = len(train_set) // (args.batch_size * dist_info.world_size)
     if steps_per_epoch == 0:
         error_exit(f"the training set has {len(train_set)} images, fewer than one batch of {args.batch_size * dist_info.world_size}")
@@ -213,6 +231,10 @@ def main(args: argparse.Namespace) -> None:
             error_exit(str(exc))
         if dist_info.is_main:
             print(report.summary(), flush=True)
+    if args.init_checkpoint and not args.resume:
+        init_state = load_checkpoint(args.init_checkpoint)
+        check_model_fits(init_state["model"], model, args.init_checkpoint, init_state.get("model_config"))
+        model.load_state_dict(init_state["model"])
     model.to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -225,7 +247,9 @@ def main(args: argparse.Namespace) -> None:
     if args.compile:
         model = torch.compile(model)
 
-    criterion = MEKLoss(class_weights, rsl_eps=args.rsl_eps, rac_weight=args.rac_weight).to(device)
+    start_step = args.mek_start_step if args.mek_start_epoch is None else args.mek_start_epoch * steps_per_epoch
+    criterion = MEKLoss(class_weights, rsl_eps=args.rsl_eps, rac_weight=args.rac_weight,
+                        start_step=start_step, ramp_steps=args.mek_ramp_steps).to(device)
     lr_scale = (args.batch_size * dist_info.world_size / args.lr_base_batch) if args.lr_base_batch else 1.0
     optimizer = build_optimizer(model_without_ddp, args.opt, args.lr * lr_scale, args.weight_decay, args.momentum)
     scheduler = build_scheduler(optimizer, args.sched, total_steps, steps_per_epoch, args.warmup_steps,
@@ -241,7 +265,7 @@ def main(args: argparse.Namespace) -> None:
         "class weights N/(10 n_k): " + ", ".join(f"{c}={w:.4f}" for c, w in zip(classes, class_weights.tolist())),
         f"model {args.backbone} @ {args.img_size}px: {count_parameters(model_without_ddp) / 1e6:.2f}M parameters, "
         f"{len(classes)} classes; device {device}, amp {args.amp}, world size {dist_info.world_size}",
-        f"loss: RSL eps={args.rsl_eps} + {args.rac_weight} x RAC; {total_steps} steps "
+        f"loss: RSL eps={args.rsl_eps} + {args.rac_weight} x RAC (from step {start_step}); {total_steps} steps "
         f"({steps_per_epoch}/epoch, {num_epochs} epochs), lr {args.lr * lr_scale:.3g} ({args.opt}, {args.sched})",
     ]
     if args.dry_run:
@@ -367,8 +391,6 @@ def _gather_rng(dist_info: DistInfo):
 
 
 def _check_resumable(state: dict, model: torch.nn.Module, args: argparse.Namespace) -> None:
-    from utils.checkpoint import check_model_fits
-
     if "progress" not in state or "optimizer" not in state:
         raise CheckpointError(f"{args.resume} has no training state (optimizer/progress); it cannot be resumed")
     check_model_fits(state["model"], model, args.resume, state.get("model_config"))

@@ -89,3 +89,15 @@ def test_mek_loss_combines_terms_and_ablations():
     terms = baseline(logits, labels)
     assert set(terms) == {"rsl", "loss"}
     assert torch.isclose(terms["loss"], torch.nn.functional.cross_entropy(logits, labels))
+
+
+def test_deferred_start_and_ramp():
+    loss = MEKLoss(torch.ones(3), rsl_eps=0.3, rac_weight=0.1, start_step=10, ramp_steps=4)
+    loss.set_step(5)
+    assert loss.rsl.eps == 0.0 and not loss.needs_flipped_view
+    terms = loss(torch.randn(2, 3), torch.tensor([0, 1]))
+    assert float(terms["rac"]) == 0.0
+    loss.set_step(11)  # second step of the ramp
+    assert loss.rsl.eps == pytest.approx(0.15) and loss.rac_weight == pytest.approx(0.05)
+    loss.set_step(100)
+    assert loss.rsl.eps == pytest.approx(0.3) and loss.rac_weight == pytest.approx(0.1)
