@@ -214,6 +214,10 @@ def main(args: argparse.Namespace) -> None:
     train_set, test_set, train_sampler, train_loader, test_loader = build_data(args, dist_info)
     classes = train_set.classes
     counts = train_set.class_counts()
+    empty = [c for c, n in zip(classes, counts) if n == 0]
+    if empty:
+        error_exit(f"{train_set.source}: class(es) {', '.join(empty)} have no training samples; "
+                   "the class weights N/(10 n_k) need every class (check the dataset, or --num-classes)")
     class_weights = class_weights_from_counts(counts, power=args.class_weight_power)
     steps_per_epoch = len(train_set) // (args.batch_size * dist_info.world_size)
     if steps_per_epoch == 0:

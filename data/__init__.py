@@ -8,9 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from .affectnet import affectnet_samples
 from .base import ImageListDataset, Sample, load_rgb
 from .classes import CANONICAL_CLASSES
 from .errors import BadImageError, DatasetError
+from .ferplus import ferplus_private_samples, ferplus_samples
 from .folder import folder_samples
 from .raf_db import raf_db_samples
 
@@ -32,9 +34,18 @@ DATASETS: dict[str, SampleListFactory] = {
     "raf-db": raf_db_samples,
     "folder": folder_samples,
     "demo": _demo_samples,
+    "ferplus": ferplus_samples,  # test = PublicTest (FER2013Valid)
+    "ferplus-private": ferplus_private_samples,  # test = PrivateTest (FER2013Test)
+    "affectnet": affectnet_samples,  # test = the validation set
 }
 
-DEFAULT_ROOTS = {"raf-db": "dataset/raf-basic", "demo": "dataset/demo"}
+DEFAULT_ROOTS = {
+    "raf-db": "dataset/raf-basic",
+    "demo": "dataset/demo",
+    "ferplus": "dataset/ferplus",
+    "ferplus-private": "dataset/ferplus",
+    "affectnet": "dataset/affectnet",
+}
 
 
 def register_dataset(name: str, factory: SampleListFactory, default_root: str | None = None) -> None:

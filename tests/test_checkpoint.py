@@ -1,0 +1,77 @@
+import errno
+
+import pytest
+import torch
+
+from models import build_model
+from utils.checkpoint import (
+    CheckpointError,
+    capture_rng_state,
+    check_model_fits,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+
+
+def test_atomic_save_roundtrip_and_rng_state(tmp_path):
+    path = tmp_path / "ck.pth"
+    state = {"model": {"w": torch.arange(3.0)}, "model_config": {}, "rng": capture_rng_state()}
+    expected = torch.rand(4)
+    save_checkpoint(state, path)
+    loaded = load_checkpoint(path)
+    assert torch.equal(loaded["model"]["w"], torch.arange(3.0))
+    restore_rng_state(loaded["rng"])
+    assert torch.equal(torch.rand(4), expected)
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.pth"]  # no temporary files left behind
+
+
+def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.pth"
+    save_checkpoint({"model": {"w": torch.ones(2)}, "model_config": {}}, path)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(CheckpointError, match="No space left on device; any previous last.pth is unchanged"):
+        save_checkpoint({"model": {"w": torch.zeros(2)}, "model_config": {}}, path)
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
+
+
+def test_unwritable_location_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(CheckpointError, match="cannot write checkpoint"):
+        save_checkpoint({"model": {}, "model_config": {}}, blocker / "sub" / "last.pth")
+
+
+def test_refuses_foreign_truncated_and_incomplete_checkpoints(tmp_path):
+    foreign = tmp_path / "foreign.pth"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(CheckpointError, match="not a training checkpoint of this codebase"):
+        load_checkpoint(foreign)
+    truncated = tmp_path / "trunc.pth"
+    save_checkpoint({"model": {"w": torch.ones(1000)}, "model_config": {}}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        load_checkpoint(truncated)
+    incomplete = tmp_path / "incomplete.pth"
+    save_checkpoint({"model": {}}, incomplete)
+    with pytest.raises(CheckpointError, match="missing the key 'model_config'"):
+        load_checkpoint(incomplete)
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "nope.pth")
+
+
+def test_model_mismatch_message_names_the_difference():
+    model = build_model("resnet18", num_classes=7, img_size=32)
+    other = build_model("resnet18", num_classes=8, img_size=32).state_dict()
+    with pytest.raises(CheckpointError, match=r"num_classes=8.*shape mismatches, e.g. head.weight"):
+        check_model_fits(other, model, "ck.pth", {"backbone": "resnet18", "num_classes": 8, "img_size": 32})
+    partial = dict(model.state_dict())
+    partial.pop("head.bias")
+    with pytest.raises(CheckpointError, match="missing from the checkpoint, e.g. head.bias"):
+        check_model_fits(partial, model, "ck.pth")

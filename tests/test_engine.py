@@ -1,0 +1,202 @@
+"""The optimised training step computes what the plain one does.
+
+- one forward pass over [images; mirrors] equals two passes for LayerNorm backbones, and
+  differs only slightly for BatchNorm in train mode (batch statistics over 2B vs B samples);
+- bf16 autocast and channels-last give the fp32 / contiguous loss to tolerance;
+- the non-finite guard names the step and the term, and skip mode leaves the weights alone.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import engine
+from losses import MEKLoss, class_weights_from_counts
+from models import build_model
+from utils.optim import build_optimizer
+
+RAF_DB_COUNTS = [1290, 281, 717, 4772, 1982, 705, 2524]
+CPU = torch.device("cpu")
+
+
+class NoSchedule:
+    """train_one_epoch steps a timm scheduler per update; these tests keep the lr fixed."""
+
+    def step_update(self, step: int) -> None:
+        pass
+
+
+def mek_loss() -> MEKLoss:
+    return MEKLoss(class_weights_from_counts(RAF_DB_COUNTS), rsl_eps=0.3, rac_weight=0.1)
+
+
+def batch(size: int, img: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randn(size, 3, img, img, generator=generator)
+    labels = torch.arange(size) % 7
+    return images, labels
+
+
+def loss_and_grads(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                   options: engine.StepOptions) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    terms = engine.compute_loss(model, mek_loss(), images, labels, CPU, options)
+    terms["loss"].backward()
+    grads = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
+    return {k: v.detach() for k, v in terms.items()}, grads
+
+
+def assert_grads_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], rtol: float, atol: float) -> None:
+    assert a.keys() == b.keys() and len(a) > 0
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+
+
+def cosine(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    flat_a = torch.cat([a[k].flatten() for k in sorted(a)])
+    flat_b = torch.cat([b[k].flatten() for k in sorted(b)])
+    return float(torch.nn.functional.cosine_similarity(flat_a, flat_b, dim=0))
+
+
+def test_one_pass_equals_two_passes_for_layernorm_backbone():
+    # Swin-T (the MEK backbone) normalises each token on its own: no sample sees another,
+    # so concatenating the mirrors into the batch changes nothing but float summation order.
+    torch.manual_seed(0)
+    model = build_model("swin_t", num_classes=7, img_size=32).train()
+    images, labels = batch(4, 32)
+    one, grads_one = loss_and_grads(model, images, labels, engine.StepOptions(flip_forward="one-pass"))
+    two, grads_two = loss_and_grads(model, images, labels, engine.StepOptions(flip_forward="two-pass"))
+    assert float(one["rac"]) > 0  # the mirror branch is exercised, not trivially zero
+    for key in ("loss", "rsl", "rac"):
+        torch.testing.assert_close(one[key], two[key], rtol=1e-5, atol=1e-7)
+    assert_grads_close(grads_one, grads_two, rtol=1e-4, atol=1e-6)
+
+
+def test_one_pass_batchnorm_differs_slightly_in_train_mode_and_not_in_eval_mode():
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=7, img_size=64)
+    images, labels = batch(8, 64)
+
+    # Train mode: BatchNorm normalises with the statistics of the batch it is given, i.e. of
+    # the 2B images and mirrors in one pass, but of B images and then of B mirrors in two.
+    # Mirrors have nearly the same statistics as their images, so the results stay close.
+    one_model, two_model = copy.deepcopy(model).train(), copy.deepcopy(model).train()
+    one, grads_one = loss_and_grads(one_model, images, labels, engine.StepOptions(flip_forward="one-pass"))
+    two, grads_two = loss_and_grads(two_model, images, labels, engine.StepOptions(flip_forward="two-pass"))
+    assert not torch.equal(one["loss"], two["loss"])
+    assert math.isclose(float(one["loss"]), float(two["loss"]), rel_tol=0.05)
+    assert math.isclose(float(one["rsl"]), float(two["rsl"]), rel_tol=0.05)
+    assert cosine(grads_one, grads_two) > 0.9
+
+    # Eval mode: running statistics, no batch dependence, so the two forms agree exactly
+    # up to float summation order.
+    model.eval()
+    one, grads_one = loss_and_grads(model, images, labels, engine.StepOptions(flip_forward="one-pass"))
+    two, grads_two = loss_and_grads(model, images, labels, engine.StepOptions(flip_forward="two-pass"))
+    for key in ("loss", "rsl", "rac"):
+        torch.testing.assert_close(one[key], two[key], rtol=1e-5, atol=1e-7)
+    assert_grads_close(grads_one, grads_two, rtol=1e-4, atol=1e-6)
+
+
+def test_bf16_autocast_step_on_cpu_matches_fp32_loss():
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=7, img_size=32)
+    images, labels = batch(8, 32)
+    fp32_model, bf16_model = copy.deepcopy(model), copy.deepcopy(model)
+
+    head_dtypes: list[torch.dtype] = []
+    bf16_model.head.register_forward_hook(lambda module, inp, out: head_dtypes.append(out.dtype))
+    losses = {}
+    for amp, net in (("off", fp32_model), ("bf16", bf16_model)):
+        optimizer = build_optimizer(net, "adam", 1e-3, 1e-4)
+        progress = engine.TrainProgress()
+        before = net.backbone.conv1.weight.detach().clone()
+        engine.train_one_epoch(net, mek_loss(), [(images, labels, None)], optimizer, NoSchedule(), None, CPU,
+                               engine.StepOptions(amp=amp), progress, max_steps=1, show_progress=False)
+        assert progress.batches == 1 and progress.step == 1
+        weight = net.backbone.conv1.weight.detach()
+        assert torch.isfinite(weight).all() and not torch.equal(weight, before)  # the step updated fp32 weights
+        assert weight.dtype == torch.float32
+        losses[amp] = progress.averages()
+    assert head_dtypes == [torch.bfloat16]  # autocast really ran the model in bf16
+    # bf16 keeps 8 mantissa bits (relative rounding ~4e-3 per op); the losses are computed in fp32.
+    for key in ("loss", "rsl"):
+        assert math.isclose(losses["bf16"][key], losses["off"][key], rel_tol=2e-2), (key, losses)
+    assert math.isclose(losses["bf16"]["rac"], losses["off"]["rac"], rel_tol=0.1, abs_tol=1e-3), losses
+
+
+def test_channels_last_gives_the_contiguous_loss_and_gradients():
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=7, img_size=32).train()
+    images, labels = batch(8, 32)
+    cl_model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    assert cl_model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+
+    plain, grads_plain = loss_and_grads(model, images, labels, engine.StepOptions())
+    cl, grads_cl = loss_and_grads(cl_model, images.contiguous(memory_format=torch.channels_last), labels,
+                                  engine.StepOptions(channels_last=True))
+    for key in ("loss", "rsl", "rac"):
+        torch.testing.assert_close(cl[key], plain[key], rtol=1e-4, atol=1e-6)
+    # Gradient tensors may come back in either layout; compare values.
+    assert_grads_close({k: v.contiguous() for k, v in grads_cl.items()}, grads_plain, rtol=1e-3, atol=1e-5)
+
+
+class NaNTermAt(nn.Module):
+    """MEK loss whose RAC term is NaN at the given steps (what an overflow in the maps looks like)."""
+
+    def __init__(self, bad_steps: set[int]) -> None:
+        super().__init__()
+        self.inner = mek_loss()
+        self.bad_steps = bad_steps
+        self.step = 0
+
+    @property
+    def needs_flipped_view(self) -> bool:
+        return self.inner.needs_flipped_view
+
+    def set_step(self, step: int) -> None:
+        self.step = step
+        self.inner.set_step(step)
+
+    def forward(self, logits, labels, maps=None, flipped_maps=None) -> dict[str, torch.Tensor]:
+        terms = self.inner(logits, labels, maps, flipped_maps)
+        if self.step in self.bad_steps:
+            terms["rac"] = terms["rac"] * float("nan")
+            terms["loss"] = terms["rsl"] + self.inner.rac_weight * terms["rac"]
+        return terms
+
+
+def _tiny_run(model: nn.Module, skip: bool, on_step=None) -> engine.TrainProgress:
+    optimizer = build_optimizer(model, "adam", 1e-3, 1e-4)
+    loader = [(*batch(4, 32, seed=s), None) for s in range(3)]
+    progress = engine.TrainProgress()
+    engine.train_one_epoch(model, NaNTermAt({1}), loader, optimizer, NoSchedule(), None, CPU,
+                           engine.StepOptions(skip_nonfinite=skip), progress, max_steps=3, on_step=on_step,
+                           show_progress=False)
+    return progress
+
+
+def test_nonfinite_loss_stops_with_step_and_term():
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=7, img_size=32)
+    with pytest.raises(engine.NonFiniteLossError, match=r"step 1 in term\(s\) rac") as info:
+        _tiny_run(model, skip=False)
+    assert info.value.step == 1 and info.value.terms == ["rac"]
+
+
+def test_skip_nonfinite_skips_the_update_and_counts_it():
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=7, img_size=32)
+    snapshots: list[torch.Tensor] = []
+    progress = _tiny_run(model, skip=True,
+                         on_step=lambda _: snapshots.append(model.backbone.conv1.weight.detach().clone()))
+    assert progress.step == 3 and progress.batch_in_epoch == 3
+    assert progress.skipped_nonfinite == 1 and progress.batches == 2
+    assert all(math.isfinite(v) for v in progress.averages().values())
+    assert torch.equal(snapshots[1], snapshots[0])  # the skipped step did not move the weights
+    assert not torch.equal(snapshots[2], snapshots[1])  # the next one did

@@ -1,0 +1,183 @@
+"""Runs that survive: determinism, kill-and-resume equality, NaN guard, bad images, dataset scan."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+from conftest import make_raf_db
+from data import check as data_check
+from utils.logging import read_metrics
+
+ROOT = Path(__file__).resolve().parent.parent
+# 128 images / batch 16 = 8 steps per epoch; 3 epochs; checkpoints every 3 steps, mid-epoch.
+RUN = ["--dataset", "demo", "--img-size", "32", "--batch-size", "16", "--workers", "0", "--no-progress",
+       "--opt", "adamw", "--lr", "1e-3", "--sched", "cosine", "--warmup-steps", "3", "--epochs", "3",
+       "--save-interval", "3", "--seed", "7", "--reprob", "0.5"]
+
+
+def final_state(output: Path):
+    return torch.load(output / "last.pth", map_location="cpu", weights_only=True)
+
+
+def metrics_without_time(output: Path):
+    return [{k: v for k, v in r.items() if k != "time"} for r in read_metrics(output / "metrics.jsonl")]
+
+
+@pytest.fixture(scope="module")
+def reference_run(demo_root, tmp_path_factory):
+    output = tmp_path_factory.mktemp("reference")
+    train.cli([*RUN, "--data-root", str(demo_root), "--output", str(output)])
+    return output
+
+
+def test_same_seed_gives_identical_metrics(reference_run, demo_root, tmp_path):
+    train.cli([*RUN, "--data-root", str(demo_root), "--output", str(tmp_path / "again")])
+    assert metrics_without_time(tmp_path / "again") == metrics_without_time(reference_run)
+    a, b = final_state(reference_run)["model"], final_state(tmp_path / "again")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigkill_at_a_random_step_then_resume_matches_uninterrupted_run(reference_run, demo_root, tmp_path):
+    output = tmp_path / "killed"
+    command = [sys.executable, "train.py", *RUN, "--data-root", str(demo_root), "--output", str(output)]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (output / "last.pth").exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(random.uniform(0.0, 0.5))  # land on a random later step, possibly mid-save
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    killed_at = torch.load(output / "last.pth", map_location="cpu", weights_only=True)["progress"]["step"]
+    assert 0 < killed_at < 24
+
+    resumed = subprocess.run([*command, "--resume", "auto"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"at epoch {killed_at // 8}, step {killed_at}" in resumed.stdout
+    a, b = final_state(reference_run), final_state(output)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert metrics_without_time(output) == metrics_without_time(reference_run)
+
+
+def test_resume_refuses_a_checkpoint_of_another_model(reference_run, demo_root, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        train.cli([*RUN, "--data-root", str(demo_root), "--output", str(tmp_path / "other"), "--backbone", "resnet10t",
+                   "--resume", str(reference_run / "last.pth")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "does not fit the model" in err and "backbone='resnet18'" in err
+
+
+def _nan_after(step_to_break: int):
+    original = train.MEKLoss.forward
+    calls = {"n": 0}
+
+    def forward(self, logits, labels, maps=None, flipped_maps=None):
+        terms = original(self, logits, labels, maps, flipped_maps)
+        calls["n"] += 1
+        if calls["n"] == step_to_break + 1 and self.training:
+            terms["rac"] = terms["rac"] * float("nan")
+            terms["loss"] = terms["rsl"] + terms["rac"]
+        return terms
+
+    return forward
+
+
+def test_nonfinite_loss_stops_with_step_term_and_diagnostic_checkpoint(demo_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(train.MEKLoss, "forward", _nan_after(2))
+    with pytest.raises(SystemExit) as exc:
+        train.cli([*RUN, "--data-root", str(demo_root), "--output", str(tmp_path / "nan"), "--epochs", "1"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "non-finite loss at step 2 in term(s) rac" in err
+    diagnostic = tmp_path / "nan" / "nonfinite_step2_rank0.pth"
+    assert diagnostic.is_file() and torch.load(diagnostic, weights_only=True)["progress"]["step"] == 2
+
+
+def test_nonfinite_batches_can_be_skipped_and_are_counted(demo_root, tmp_path, monkeypatch):
+    monkeypatch.setattr(train.MEKLoss, "forward", _nan_after(2))
+    train.cli([*RUN, "--data-root", str(demo_root), "--output", str(tmp_path / "skip"), "--epochs", "1", "--skip-nonfinite"])
+    record = read_metrics(tmp_path / "skip" / "metrics.jsonl")[-1]
+    assert record["skipped_nonfinite"] == 1
+    assert "skipped 1 batches with a non-finite loss" in (tmp_path / "skip" / "log.txt").read_text()
+
+
+def _broken_raf_db(tmp_path: Path) -> Path:
+    root = make_raf_db(tmp_path / "raf", [1, 2, 3, 4, 5, 6, 7] * 3, [1, 2, 3, 4, 5, 6, 7])
+    aligned = root / "Image" / "aligned"
+    jpeg = aligned / "train_00002_aligned.jpg"
+    jpeg.write_bytes(jpeg.read_bytes()[:60])  # truncated JPEG
+    (aligned / "train_00005_aligned.jpg").write_bytes(b"")  # zero-byte file
+    return root
+
+
+def test_bad_images_stop_training_with_the_file_name(tmp_path, capsys):
+    root = _broken_raf_db(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        train.cli(["--dataset", "raf-db", "--data-root", str(root), "--img-size", "32", "--batch-size", "7",
+                   "--workers", "0", "--no-progress", "--steps", "3", "--output", str(tmp_path / "out"), "--seed", "0"])
+    assert exc.value.code == 2
+    assert "cannot decode image" in capsys.readouterr().err
+
+
+def test_bad_images_skipped_and_counted(tmp_path):
+    root = _broken_raf_db(tmp_path)
+    out = tmp_path / "out"
+    train.cli(["--dataset", "raf-db", "--data-root", str(root), "--img-size", "32", "--batch-size", "7",
+               "--workers", "0", "--no-progress", "--epochs", "1", "--output", str(out), "--skip-bad-images"])
+    log = (out / "log.txt").read_text()
+    assert "skipped 2 unreadable images" in log
+    listed = (out / "bad_images.tsv").read_text()
+    assert "train_00002_aligned.jpg" in listed and "train_00005_aligned.jpg" in listed
+
+
+def test_dataset_scan_lists_every_problem(tmp_path, capsys):
+    root = _broken_raf_db(tmp_path)
+    labels = root / "EmoLabel" / "list_patition_label.txt"
+    labels.write_text(labels.read_text() + "train_00099.jpg 9\ntrain_00100.jpg\ntrain_00001.jpg 1\n")
+    aligned = root / "Image" / "aligned"
+    (aligned / "train_00003_aligned.jpg").unlink()
+    (aligned / "train_00003_aligned.jpg").mkdir()  # a directory where a file should be
+    assert data_check.main([str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "train_00002_aligned.jpg" in out and "train_00005_aligned.jpg" in out
+    assert "list_patition_label.txt:29: label 9 is outside 1..7" in out
+    assert "list_patition_label.txt:30: expected 'image_name label'" in out
+    assert "train_00001.jpg is listed 2 times" in out
+    assert "found a directory" in out
+    assert "train: surprise=" in out
+
+
+def test_dataset_scan_reports_duplicates_and_empty_classes_in_folders(tmp_path, capsys):
+    from conftest import write_image
+
+    root = tmp_path / "fer"
+    write_image(root / "train" / "happy" / "a.png")
+    write_image(root / "train" / "sad" / "a.png")
+    (root / "train" / "angry").mkdir(parents=True)
+    write_image(root / "val" / "happy" / "b.png")
+    assert data_check.main([str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "duplicate file name a.png" in out and "class 'anger' has no samples" in out
+
+
+def test_empty_class_stops_training_with_a_clear_message(tmp_path, capsys):
+    from conftest import write_image
+
+    root = tmp_path / "fer"
+    for i in range(4):
+        write_image(root / "train" / "happy" / f"{i}.png")
+        write_image(root / "val" / "happy" / f"{i}.png")
+    (root / "train" / "angry").mkdir(parents=True)
+    with pytest.raises(SystemExit):
+        train.cli(["--dataset", "folder", "--data-root", str(root), "--img-size", "32", "--batch-size", "2",
+                   "--workers", "0", "--output", str(tmp_path / "out")])
+    assert "anger have no training samples" in capsys.readouterr().err
