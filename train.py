@@ -316,6 +316,7 @@ def main(args: argparse.Namespace) -> None:
     def checkpoint_state_local(progress: engine.TrainProgress, metrics: dict | None = None) -> dict:
         return {
             "model": model_without_ddp.state_dict(), "model_config": model_config, "config": config,
+            "backbone": args.backbone,
             "code_version": config["code_version"], "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
             "progress": vars(progress).copy(), "rng": capture_rng_state(), "best_mean_acc": best_mean,

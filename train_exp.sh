@@ -32,15 +32,6 @@ R18="--backbone resnet18 --img-size 224 --norm imagenet --reprob 0.5 --re-max-ar
 MEK="--rsl-eps 0.3 --rac-weight 0.1"
 CE="--rsl-eps 0 --rac-weight 0"
 
-have_cuda() { "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; }
-if have_cuda; then
-  FAST="--amp fp16 --channels-last"
-  NGPUS="${NGPUS:-$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())')}"
-else
-  FAST="--amp bf16 --channels-last"
-  NGPUS="${NGPUS:-1}"
-fi
-
 need_raf_db() {
   if [ ! -f "$DATA_ROOT/EmoLabel/list_patition_label.txt" ]; then
     echo "error: RAF-DB not found: $DATA_ROOT/EmoLabel/list_patition_label.txt is missing." >&2
@@ -51,25 +42,35 @@ need_raf_db() {
   fi
 }
 
+PRETRAINED=""  # the recipe's face-pretrained backbone, used when present
 case "$RECIPE" in
-  swin)    need_raf_db; FLAGS="--dataset raf-db --data-root $DATA_ROOT $SWIN $MEK"
-           [ -f pretrained/start_0.pt ] && FLAGS="$FLAGS --pretrained pretrained/start_0.pt" ;;
-  swin-ce) need_raf_db; FLAGS="--dataset raf-db --data-root $DATA_ROOT $SWIN $CE"
-           [ -f pretrained/start_0.pt ] && FLAGS="$FLAGS --pretrained pretrained/start_0.pt" ;;
-  r18)     need_raf_db; FLAGS="--dataset raf-db --data-root $DATA_ROOT $R18 $MEK"
-           [ -f pretrained/resnet18_msceleb.pth ] && FLAGS="$FLAGS --pretrained pretrained/resnet18_msceleb.pth" ;;
-  r18-ce)  need_raf_db; FLAGS="--dataset raf-db --data-root $DATA_ROOT $R18 $CE"
-           [ -f pretrained/resnet18_msceleb.pth ] && FLAGS="$FLAGS --pretrained pretrained/resnet18_msceleb.pth" ;;
+  swin)    need_raf_db; FLAGS="--dataset raf-db --data-root $DATA_ROOT $SWIN $MEK"; PRETRAINED=pretrained/start_0.pt ;;
+  swin-ce) need_raf_db; FLAGS="--dataset raf-db --data-root $DATA_ROOT $SWIN $CE"; PRETRAINED=pretrained/start_0.pt ;;
+  r18)     need_raf_db; FLAGS="--dataset raf-db --data-root $DATA_ROOT $R18 $MEK"; PRETRAINED=pretrained/resnet18_msceleb.pth ;;
+  r18-ce)  need_raf_db; FLAGS="--dataset raf-db --data-root $DATA_ROOT $R18 $CE"; PRETRAINED=pretrained/resnet18_msceleb.pth ;;
   demo)    FLAGS="--dataset demo --data-root ${DEMO_ROOT:-dataset/demo} --backbone resnet18 --img-size 64 \
              --opt adamw --lr 2e-3 --weight-decay 0.05 --sched cosine --warmup-steps 20 --batch-size 32 --epochs 6 \
              --reprob 0.25 --workers 0 --cache-images --overwrite $MEK" ;;
   *) echo "error: unknown recipe '$RECIPE' (swin, swin-ce, r18, r18-ce, demo)" >&2; exit 2 ;;
 esac
-case "$RECIPE" in swin*|r18*)
-  if [ ! -f pretrained/start_0.pt ] && [ ! -f pretrained/resnet18_msceleb.pth ]; then
-    echo "note: no face-pretrained backbone in pretrained/ (see pretrained/README.md); training from scratch" >&2
-  fi ;;
-esac
+if [ -n "$PRETRAINED" ]; then
+  if [ -f "$PRETRAINED" ]; then
+    FLAGS="$FLAGS --pretrained $PRETRAINED"
+  else
+    # Checked per recipe: the other recipe's weights being present does not help this one.
+    echo "note: no face-pretrained backbone $PRETRAINED (see pretrained/README.md); training from scratch" >&2
+  fi
+fi
+
+# Probed after the recipe and dataset checks, so those errors come without a torch import.
+have_cuda() { "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; }
+if have_cuda; then
+  FAST="--amp fp16 --channels-last"
+  NGPUS="${NGPUS:-$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())')}"
+else
+  FAST="--amp bf16 --channels-last"
+  NGPUS="${NGPUS:-1}"
+fi
 
 if [ "${NNODES:-1}" -gt 1 ] || [ "$NGPUS" -gt 1 ]; then
   LAUNCH="$PYTHON -m torch.distributed.run --nnodes ${NNODES:-1} --nproc_per_node $NGPUS"

@@ -1,0 +1,95 @@
+"""Every recipe of train_exp.sh runs two steps on CPU on a tiny generated RAF-DB-layout dataset.
+
+The recipe's flags come first and the test's overrides last (train.py keeps the last value), so
+config.json shows both: the recipe's optimisation and method settings, and the short run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from utils.logging import read_metrics
+
+ROOT = Path(__file__).resolve().parent.parent
+SHORT = ["--steps", "2", "--batch-size", "4", "--eval-batch-size", "8", "--workers", "0", "--no-progress"]
+
+SWIN = {
+    "dataset": "raf-db", "backbone": "swin_t", "img_size": 112, "norm": "half", "interpolation": "bicubic",
+    "opt": "adamw", "lr": 5e-4, "lr_base_batch": 512, "weight_decay": 0.05, "sched": "cosine",
+    "warmup_steps": 2000, "warmup_lr": 5e-7, "min_lr": 5e-6, "clip_grad": 5.0, "eval_interval": 1000,
+    "auto_augment": "rand-m9-mstd0.5-inc1", "reprob": 0.25, "remode": "pixel", "re_max_area": 0.3333,
+    "amp": "bf16", "channels_last": True,
+}
+R18 = {
+    "dataset": "raf-db", "backbone": "resnet18", "norm": "imagenet", "reprob": 0.5, "re_max_area": 0.25,
+    "remode": "const", "opt": "adam", "lr": 2e-4, "lr_base_batch": None, "weight_decay": 1e-4,
+    "sched": "exponential", "decay_rate": 0.9, "epochs": 60, "amp": "bf16",
+    # The recipe's 224 px is overridden to 64 px below, to keep the test fast on CPU.
+    "img_size": 64,
+}
+MEK = {"rsl_eps": 0.3, "rac_weight": 0.1}
+CE = {"rsl_eps": 0.0, "rac_weight": 0.0}
+DEMO = {
+    "dataset": "demo", "backbone": "resnet18", "img_size": 64, "opt": "adamw", "lr": 2e-3, "weight_decay": 0.05,
+    "sched": "cosine", "warmup_steps": 20, "reprob": 0.25, "cache_images": True, "overwrite": True,
+}
+RECIPES = {
+    "swin": ({**SWIN, **MEK}, []),
+    "swin-ce": ({**SWIN, **CE}, []),
+    "r18": ({**R18, **MEK}, ["--img-size", "64"]),  # 64 px instead of 224: same recipe, ~10x less compute
+    "r18-ce": ({**R18, **CE}, ["--img-size", "64"]),
+    "demo": ({**DEMO, **MEK}, []),
+}
+# The Swin-T recipes at their own 112 px are the slow ones on CPU (about 20 s each on an idle
+# 2-core machine, mostly bf16 emulation and two 330 MB checkpoints); RUN_SLOW=0 skips them.
+SLOW = {"swin", "swin-ce"}
+
+
+@pytest.fixture(scope="module")
+def raf_root(tmp_path_factory) -> Path:
+    from data.demo import generate_demo_dataset
+
+    return generate_demo_dataset(tmp_path_factory.mktemp("raf"), num_train=40, num_test=21, image_size=32)
+
+
+def run_recipe(recipe: str, env_extra: dict[str, str], *extra: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("NGPUS", "NNODES", "DEMO_ROOT", "DATA_ROOT")}
+    env.update({"PYTHON": sys.executable, **env_extra})
+    return subprocess.run(["sh", "train_exp.sh", recipe, *extra], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("recipe", list(RECIPES))
+def test_recipe_runs_two_steps(recipe, raf_root, tmp_path):
+    if recipe in SLOW and os.environ.get("RUN_SLOW") == "0":
+        pytest.skip("Swin-T recipe at 112 px; unset RUN_SLOW=0 to run it")
+    expected, overrides = RECIPES[recipe]
+    output = tmp_path / "out"
+    env = {"DATA_ROOT": str(raf_root), "DEMO_ROOT": str(raf_root), "OUTPUT": str(output)}
+    result = run_recipe(recipe, env, *SHORT, *overrides, "--output", str(output))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    records = read_metrics(output / "metrics.jsonl")
+    assert len(records) == 1 and records[0]["step"] == 2 and 0 <= records[0]["mean_acc"] <= 1
+    config = json.loads((output / "config.json").read_text())
+    assert {key: config[key] for key in expected} == expected
+    assert config["data_root"] == str(raf_root) and config["steps"] == 2 and config["batch_size"] == 4
+    assert config["classes"] == ["surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral"]
+
+
+@pytest.mark.parametrize("recipe", ["swin", "r18-ce"])
+def test_recipe_without_dataset_explains_what_to_do(recipe, tmp_path):
+    result = run_recipe(recipe, {"DATA_ROOT": str(tmp_path / "missing")})
+    assert result.returncode == 2
+    assert "RAF-DB not found" in result.stderr and "dataset/raf-basic" in result.stderr
+    assert "sh train_exp.sh demo" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unknown_recipe_is_refused(tmp_path):
+    result = run_recipe("swim", {"DATA_ROOT": str(tmp_path)})
+    assert result.returncode == 2 and "unknown recipe 'swim'" in result.stderr
