@@ -43,7 +43,8 @@ NORMALISATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "half": ((0.5,) * 3
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("MEK training", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="raf-db", help="raf-db | folder | demo (data/__init__.py)")
+    g.add_argument("--dataset", default="raf-db",
+                   help="raf-db | folder | ferplus | ferplus-private | affectnet | demo (registry: data/__init__.py)")
     g.add_argument("--data-root", default=None, help="dataset root (default: dataset/raf-basic or dataset/demo)")
     g.add_argument("--label-file", default=None, help="alternative training label list, same format as RAF-DB's")
     g.add_argument("--num-classes", type=int, default=None, help="keep the first N canonical classes (e.g. 7 drops contempt)")
@@ -209,6 +210,7 @@ def main(args: argparse.Namespace) -> None:
     check_args(args)
     if not args.dry_run:
         prepare_output(args, dist_info.is_main)
+        barrier()  # the output directory exists before any rank writes to it
     torch.manual_seed(args.seed + dist_info.rank)
 
     train_set, test_set, train_sampler, train_loader, test_loader = build_data(args, dist_info)

@@ -7,10 +7,12 @@
 #   r18       MEK, ResNet-18 at 224 on RAF-DB (the EAC/RUL recipe it builds on)
 #   r18-ce    the plain cross-entropy baseline of that recipe
 #   demo      MEK on generated synthetic faces, a few minutes on a CPU
-# Environment: DATA_ROOT (default dataset/raf-basic), OUTPUT (default output/<recipe>),
-#   PYTHON (default python), NGPUS (processes per machine; default: all visible GPUs, 1 on CPU),
+# Environment: DATA_ROOT (default dataset/raf-basic), DEMO_ROOT (demo recipe; default dataset/demo),
+#   OUTPUT (default output/<recipe>), PYTHON (default python),
+#   NGPUS (processes per machine; default: all visible GPUs, 1 on CPU),
 #   NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT for several machines (torchrun rendezvous).
 # Extra flags are passed to train.py last, so they override the recipe (e.g. --rac-weight 0).
+# Precision: fp16 on CUDA; on CPU bf16 only if the CPU has native bf16, else fp32 (--amp overrides).
 set -eu
 
 RECIPE="${1:-swin}"
@@ -63,12 +65,22 @@ if [ -n "$PRETRAINED" ]; then
 fi
 
 # Probed after the recipe and dataset checks, so those errors come without a torch import.
-have_cuda() { "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; }
+have_cuda() {
+  # CUDA_VISIBLE_DEVICES="" (or -1) hides every GPU: no need to import torch to know.
+  case "${CUDA_VISIBLE_DEVICES-unset}" in ""|-1) return 1 ;; esac
+  "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null
+}
 if have_cuda; then
   FAST="--amp fp16 --channels-last"
   NGPUS="${NGPUS:-$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())')}"
 else
-  FAST="--amp bf16 --channels-last"
+  # bf16 autocast only pays on CPUs with native bf16 (AVX512-BF16, AMX, Arm BF16); elsewhere it is
+  # emulated and slower than fp32 (about 2x for Swin-T). Append --amp bf16 to force it.
+  if grep -qE 'avx512_bf16|amx_bf16|[[:space:]]bf16([[:space:]]|$)' /proc/cpuinfo 2>/dev/null; then
+    FAST="--amp bf16 --channels-last"
+  else
+    FAST="--amp off --channels-last"
+  fi
   NGPUS="${NGPUS:-1}"
 fi
 

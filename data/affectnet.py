@@ -148,7 +148,9 @@ def _find_label_file(root: Path, split: str) -> Path:
     raise DatasetError(f"AffectNet {split} labels not found: expected {names} under {root}; see dataset/README.md")
 
 
-def affectnet_samples(root: Path, split: str, label_file: Path | None = None, num_classes: int | None = None):
+def affectnet_samples(
+    root: Path, split: str, label_file: Path | None = None, num_classes: int | None = None
+) -> tuple[list[Sample], list[str]]:
     """Return (samples, classes) of ``train`` (training set) or ``test`` (validation set)."""
     if split not in CSV_FILES:
         raise DatasetError(f"AffectNet split {split!r} is unknown; choose from train, test")

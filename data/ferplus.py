@@ -42,6 +42,7 @@ majority is contempt. ``--label-file FILE`` (layouts a, b) replaces the training
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -83,7 +84,7 @@ def _parse_votes(fields: Sequence[str], where: str) -> list[float]:
             value = float(text)
         except ValueError:
             raise DatasetError(f"{where}: {column} vote {text!r} is not a number") from None
-        if value < 0 or value != value:  # negative or NaN
+        if value < 0 or not math.isfinite(value):
             raise DatasetError(f"{where}: {column} vote {text!r} is not a count >= 0")
         votes.append(value)
     return votes
@@ -100,14 +101,14 @@ def read_vote_file(path: Path) -> list[tuple[str, str, list[float], int]]:
     """Rows of a ``fer2013new.csv``-format file as (usage, image name, votes, line number)."""
     handle, reader = _open_rows(path)
     with handle:
-        header = next(reader, None)
+        header = next((row for row in reader if any(f.strip() for f in row)), None)
         if not header:
             raise DatasetError(f"{path}:1: empty file; expected the header Usage,Image name,{','.join(VOTE_COLUMNS)}")
         names = [h.strip().lower() for h in header]
         wanted = ("Usage", "Image name") + VOTE_COLUMNS
         missing = [w for w in wanted if w.lower() not in names]
         if missing:
-            raise DatasetError(f"{path}:1: missing column(s) {', '.join(missing)}; expected the header "
+            raise DatasetError(f"{path}:{reader.line_num}: missing column(s) {', '.join(missing)}; expected the header "
                                f"Usage,Image name,{','.join(VOTE_COLUMNS)}")
         index = [names.index(w.lower()) for w in wanted]
         rows = []
@@ -188,7 +189,9 @@ def _folder_split(root: Path, split: str) -> str:
     raise DatasetError(f"no val/, valid/, validation/ or test/ directory under {root}")
 
 
-def ferplus_samples(root: Path, split: str, label_file: Path | None = None, num_classes: int | None = None):
+def ferplus_samples(
+    root: Path, split: str, label_file: Path | None = None, num_classes: int | None = None
+) -> tuple[list[Sample], list[str]]:
     """Return (samples, classes) of FERPlus ``split``: train, test (= public), public or private."""
     if split not in SPLIT_USAGE:
         raise DatasetError(f"FERPlus split {split!r} is unknown; choose from {', '.join(SPLIT_USAGE)}")
@@ -220,6 +223,8 @@ def ferplus_samples(root: Path, split: str, label_file: Path | None = None, num_
     return samples, list(CANONICAL_CLASSES[:classes_n])
 
 
-def ferplus_private_samples(root: Path, split: str, label_file: Path | None = None, num_classes: int | None = None):
+def ferplus_private_samples(
+    root: Path, split: str, label_file: Path | None = None, num_classes: int | None = None
+) -> tuple[list[Sample], list[str]]:
     """FERPlus with PrivateTest (FER2013Test) as the test split."""
     return ferplus_samples(root, "private" if split == "test" else split, label_file, num_classes)
