@@ -9,7 +9,7 @@ Single process, or one process per device under ``torchrun --nproc_per_node N tr
 from __future__ import annotations
 
 import argparse
-import json
+import io
 import math
 import sys
 import time
@@ -389,12 +389,16 @@ def main(args: argparse.Namespace) -> None:
 
 
 def _gather_rng(dist_info: DistInfo):
+    """This rank's RNG states, or every rank's (a list in rank order) under DDP."""
     state = capture_rng_state()
     if not dist_info.enabled:
         return state
-    gathered = [None] * dist_info.world_size
-    torch.distributed.all_gather_object(gathered, state)
-    return gathered
+    # Sent as torch-serialised bytes: all_gather_object cannot carry tensors on every backend.
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    gathered: list = [None] * dist_info.world_size
+    torch.distributed.all_gather_object(gathered, buffer.getvalue())
+    return [torch.load(io.BytesIO(blob), weights_only=True) for blob in gathered]
 
 
 def _check_resumable(state: dict, model: torch.nn.Module, args: argparse.Namespace) -> None:
