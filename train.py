@@ -68,7 +68,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--backbone", default="resnet18", help="resnet18 | resnet50 | swin_t | any timm feature-map model")
     g.add_argument("--pretrained", default=None, help="local backbone weights file (see pretrained/README.md)")
     g.add_argument("--allow-partial", action="store_true", help="accept pretrained weights that cover < 95%% of the backbone")
-    g.add_argument("--drop-path", type=float, default=0.0, help="stochastic depth rate (transformers)")
+    g.add_argument("--drop-path", type=float, default=None,
+                   help="stochastic depth rate; default: the backbone's own (timm: 0.1 for Swin-T, 0 for ResNets)")
     g.add_argument("--init-checkpoint", default=None,
                    help="start from the full model (backbone and head) of a checkpoint of this codebase; "
                         "optimiser and schedule start fresh (warm start / fine-tuning)")

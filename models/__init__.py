@@ -8,9 +8,12 @@ from . import vggface2_resnet  # registers resnet50_vggface2
 from .cam_head import CAMClassifier, ModelOutput
 
 
-def build_model(backbone: str, num_classes: int, img_size: int, drop_path_rate: float = 0.0) -> CAMClassifier:
-    """Build ``backbone`` (registry name or timm name) with the attention-map head."""
-    kwargs = {"drop_path_rate": drop_path_rate} if drop_path_rate > 0 else {}
+def build_model(backbone: str, num_classes: int, img_size: int, drop_path_rate: float | None = None) -> CAMClassifier:
+    """Build ``backbone`` (registry name or timm name) with the attention-map head.
+
+    ``drop_path_rate`` None keeps the backbone's own default (timm: 0.1 for Swin, 0 for ResNets).
+    """
+    kwargs = {"drop_path_rate": drop_path_rate} if drop_path_rate is not None else {}
     body = create_backbone(backbone, img_size=img_size, **kwargs)
     return CAMClassifier(body, num_features=body.num_features, num_classes=num_classes)
 
