@@ -10,17 +10,19 @@
 #      w_k = N/(10 n_k)), the same budget each;
 #   2. warm start (stand-in for the paper's face-pretrained backbone): the cross-entropy arm
 #      of protocol 1 is the shared stage; from its last.pth every arm fine-tunes with a fresh
-#      optimiser and the same budget: cross-entropy, RSL only, RAC only, MEK, plus the
-#      tuned MEK settings found in bench/FER2013_RESULTS.md;
+#      optimiser and the same budget: cross-entropy (seeds 0 and 1), RSL only, RAC only, MEK,
+#      MEK with tempered class weights (power 0.5); see bench/FER2013_RESULTS.md;
 #   3. check: the optimised step (bf16 autocast, image and mirror in one pass) against the
 #      naive one (fp32, two passes) on a short warm-started MEK arm pair.
 # An arm whose run directory already holds its final evaluation is skipped, so the script
 # can be re-run (or its arms run in parallel by hand) and only prints the tables again.
+# Time alone on 2 cores (estimated from CPU time, fp32): ~45 min by default, ~60 with EXTRA=1.
 #
 # Environment (budgets): STEPS_SCRATCH (400), STEPS_FT (100), STEPS_CHECK (50), AMP (off:
 # on CPUs without native bf16 (no avx512_bf16/AMX) bf16 autocast is ~2x SLOWER than fp32 in
 # this codebase; set AMP=bf16 on CPUs that have it), PYTHON (the venv python if present),
-# OMP_NUM_THREADS (torch default: all cores), CHECK=0 to skip protocol 3, DEFERRED=1 to add
+# OMP_NUM_THREADS (torch default: all cores), CHECK=0 to skip protocol 3, EXTRA=1 to add three
+# more warm MEK settings (p 0.5 + lambda 0.03, p 0.5 + eps 0.1, eps 0.1), DEFERRED=1 to add
 # the from-scratch deferred-start arm (not run by default: no time to measure it), ONLY="arm arm ..."
 # to run only those arms (e.g. two lanes in parallel, OMP_NUM_THREADS=1 each) before the tables.
 set -eu
@@ -74,11 +76,17 @@ run scratch_mek "$STEPS_SCRATCH" $SCRATCH $MEK --amp "$AMP"
 
 # 2. warm start from scratch_ce/last.pth
 run ft_ce      "$STEPS_FT" $FT $CE --amp "$AMP"
+run ft_ce_s1   "$STEPS_FT" $FT $CE --amp "$AMP" --seed 1   # seed noise of the baseline (data order, erasing)
 run ft_rsl     "$STEPS_FT" $FT --rsl-eps 0.3 --rac-weight 0 --amp "$AMP"
 run ft_rac     "$STEPS_FT" $FT --rsl-eps 0 --rac-weight 0.1 --amp "$AMP"
 run ft_mek     "$STEPS_FT" $FT $MEK --amp "$AMP"
 run ft_mek_p05 "$STEPS_FT" $FT $MEK --amp "$AMP" --class-weight-power 0.5
+if [ "${EXTRA:-0}" = 1 ]; then
 run ft_mek_p05_l003 "$STEPS_FT" $FT --rsl-eps 0.3 --rac-weight 0.03 --amp "$AMP" --class-weight-power 0.5
+run ft_mek_p05_l003_s1 "$STEPS_FT" $FT --rsl-eps 0.3 --rac-weight 0.03 --amp "$AMP" --class-weight-power 0.5 --seed 1
+run ft_mek_p05_e01 "$STEPS_FT" $FT --rsl-eps 0.1 --rac-weight 0.1 --amp "$AMP" --class-weight-power 0.5
+run ft_mek_e01 "$STEPS_FT" $FT --rsl-eps 0.1 --rac-weight 0.1 --amp "$AMP"
+fi
 
 # 3. optimised vs naive step (short warm-started MEK arms)
 if [ "$CHECK" = 1 ]; then
@@ -95,8 +103,9 @@ $T --title "Protocol 1: from scratch, $STEPS_SCRATCH steps x 64 (val = PublicTes
   $( [ "${DEFERRED:-0}" = 1 ] && echo "MEK-deferred+p0.5=$OUT/scratch_mek_deferred" )
 echo
 $T --title "Protocol 2: warm start from scratch_ce, +$STEPS_FT steps x 64 (%)" \
-  "start (scratch_ce)=$OUT/scratch_ce" CE="$OUT/ft_ce" "RSL only=$OUT/ft_rsl" "RAC only=$OUT/ft_rac" \
-  "MEK (paper)=$OUT/ft_mek" "MEK p0.5=$OUT/ft_mek_p05" "MEK p0.5 lambda0.03=$OUT/ft_mek_p05_l003"
+  "start (scratch_ce)=$OUT/scratch_ce" CE="$OUT/ft_ce" "CE seed 1=$OUT/ft_ce_s1" "RSL only=$OUT/ft_rsl" "RAC only=$OUT/ft_rac" \
+  "MEK (paper)=$OUT/ft_mek" "MEK p0.5=$OUT/ft_mek_p05" \
+  $( [ "${EXTRA:-0}" = 1 ] && echo "MEK-p0.5-lambda0.03=$OUT/ft_mek_p05_l003 MEK-p0.5-lambda0.03-seed1=$OUT/ft_mek_p05_l003_s1 MEK-p0.5-eps0.1=$OUT/ft_mek_p05_e01 MEK-eps0.1=$OUT/ft_mek_e01" )
 if [ "$CHECK" = 1 ]; then
   echo
   $T --title "Check: optimised vs naive step, warm MEK +$STEPS_CHECK steps (%)" \

@@ -74,7 +74,7 @@ def measure(model, images, labels, weights, eps=EPS, lam=LAM, grads=True, disgus
     rac = rebalanced_attention_consistency(maps, maps_m, weights)
     aligned = torch.flip(maps_m, dims=[3])
     per_class = ((maps - aligned) ** 2).mean(dim=(2, 3)).mean(0) * weights
-    out = {"ce": float(ce), "smooth": float(smooth), "rac": float(rac),
+    out = {"ce": float(ce.detach()), "smooth": float(smooth.detach()), "rac": float(rac.detach()),
            "rac_disgust_share": float(per_class[disgust] / per_class.sum().clamp_min(1e-12))}
     if not grads:
         return out, ce, smooth, rac

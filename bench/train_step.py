@@ -181,6 +181,7 @@ def run_form(form: str, args: argparse.Namespace, payload_path: str) -> dict:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)  # the same random draws (e.g. Swin's stochastic depth) in both forms
     payload = torch.load(payload_path)
     model = build_model(args.backbone, num_classes=7, img_size=args.img_size)
     model.load_state_dict(payload["state"])
@@ -224,11 +225,13 @@ def run_form(form: str, args: argparse.Namespace, payload_path: str) -> dict:
     scaler = torch.amp.GradScaler("cuda") if amp == "fp16" and device.type == "cuda" else None
     total = args.warmup + args.steps
     stamps: list[float] = []
+    cpu_stamps: list[float] = []  # process CPU time (all threads): less sensitive to other jobs' load
     first_terms: dict[str, float] = {}
 
     def on_step(progress) -> None:
         sync(device)
         stamps.append(time.perf_counter())
+        cpu_stamps.append(time.process_time())
         if progress.step == 1:  # the first step's loss, on the saved weights and batch
             first_terms.update(progress.averages())
 
@@ -237,14 +240,16 @@ def run_form(form: str, args: argparse.Namespace, payload_path: str) -> dict:
     gc_collect()
     reset_peak(device)
     sync(device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     engine.train_one_epoch(model, criterion, loader, optimizer, NoSchedule(), scaler, device, options,
                            engine.TrainProgress(), total, on_step, show_progress=False)
     train_peak = peak_mb(device)
     times = [b - a for a, b in zip([start, *stamps[:-1]], stamps)][args.warmup:]
+    cpu_times = [b - a for a, b in zip([cpu_start, *cpu_stamps[:-1]], cpu_stamps)][args.warmup:]
     return {
         "form": form, "amp": amp, "channels_last": channels_last, "flip_forward": options.flip_forward,
         "step_times": times, "train_images_per_s": args.batch_size / statistics.median(times),
+        "step_cpu_times": cpu_times,
         "idle_mb": idle, "train_peak_mb": train_peak, "eval_peak_mb": eval_peak,
         "first_step_terms": first_terms, "eval_mode_terms": {k: float(v) for k, v in eval_terms.items()},
         "eval_images_per_s": len(eval_images) / statistics.median(eval_times),
@@ -327,7 +332,8 @@ def main(args: argparse.Namespace) -> int:
             results[form] = json.loads(out.read_text())
             r = results[form]
             print(f"{form:9s}: {r['train_images_per_s']:7.1f} img/s train (median of "
-                  f"{len(r['step_times'])} steps: {', '.join(f'{t:.3f}' for t in r['step_times'])} s)", flush=True)
+                  f"{len(r['step_times'])} steps: {', '.join(f'{t:.3f}' for t in r['step_times'])} s; "
+                  f"CPU time {statistics.median(r['step_cpu_times']):.3f} s/step)", flush=True)
         data = data_pipeline(args, root) if not args.skip_data else None
     print(f"load average at end: {load_average()}", flush=True)
     return report(args, results, data)
