@@ -22,7 +22,7 @@ import engine
 from data import DEFAULT_ROOTS, DatasetError, build_dataset
 from data.sampler import ResumableSampler, ShardSampler
 from data.transforms import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, build_eval_transform, build_train_transform
-from losses import MEKLoss, class_weights_from_counts
+from losses import MEKLoss, class_weights_from_counts, target_mass_per_class
 from models import build_model, count_parameters
 from utils.checkpoint import (
     CheckpointError,
@@ -270,11 +270,21 @@ def main(args: argparse.Namespace) -> None:
         "train counts: " + ", ".join(f"{c}={n}" for c, n in zip(classes, counts)),
         "test counts:  " + ", ".join(f"{c}={n}" for c, n in zip(classes, test_set.class_counts())),
         "class weights N/(10 n_k): " + ", ".join(f"{c}={w:.4f}" for c, w in zip(classes, class_weights.tolist())),
+        "RSL target mass vs share of images: " + ", ".join(
+            f"{c}={m * 100:.1f}%/{n / len(train_set) * 100:.1f}%"
+            for c, m, n in zip(classes, target_mass_per_class(counts, class_weights, args.rsl_eps), counts)),
         f"model {args.backbone} @ {args.img_size}px: {count_parameters(model_without_ddp) / 1e6:.2f}M parameters, "
         f"{len(classes)} classes; device {device}, amp {args.amp}, world size {dist_info.world_size}",
         f"loss: RSL eps={args.rsl_eps} + {args.rac_weight} x RAC (from step {start_step}); {total_steps} steps "
         f"({steps_per_epoch}/epoch, {num_epochs} epochs), lr {args.lr * lr_scale:.3g} ({args.opt}, {args.sched})",
     ]
+    mass = target_mass_per_class(counts, class_weights, args.rsl_eps)
+    if args.rsl_eps > 0 and max(range(len(mass)), key=mass.__getitem__) != max(range(len(counts)), key=counts.__getitem__):
+        top = max(range(len(mass)), key=mass.__getitem__)
+        summary.append(
+            f"warning: RSL gives {classes[top]} the most target mass ({mass[top] * 100:.1f}%) although it is "
+            f"{counts[top] / len(train_set) * 100:.1f}% of the images; the head may over-predict it "
+            "(consider --class-weight-power 0.5 or a smaller --rsl-eps; see README, FER2013)")
     if args.dry_run:
         if dist_info.is_main:
             print("\n".join(summary), flush=True)

@@ -2,7 +2,7 @@
 from .class_weights import class_weights_from_counts
 from .mek import MEKLoss
 from .rebalanced_attention_consistency import RebalancedAttentionConsistency, rebalanced_attention_consistency
-from .rebalanced_smooth_labels import RebalancedSmoothLabelLoss, rebalanced_smooth_targets
+from .rebalanced_smooth_labels import RebalancedSmoothLabelLoss, rebalanced_smooth_targets, target_mass_per_class
 
 __all__ = [
     "MEKLoss",
@@ -11,4 +11,5 @@ __all__ = [
     "class_weights_from_counts",
     "rebalanced_attention_consistency",
     "rebalanced_smooth_targets",
+    "target_mass_per_class",
 ]

@@ -42,3 +42,19 @@ class RebalancedSmoothLabelLoss(nn.Module):
             return F.nll_loss(log_probs, labels)
         targets = rebalanced_smooth_targets(labels, self.class_weights, self.eps)
         return -(targets * log_probs).sum(dim=1).mean()
+
+
+def target_mass_per_class(counts: list[int], class_weights: torch.Tensor, eps: float) -> list[float]:
+    """Share of all RSL target mass each class receives over a training set with ``counts``.
+
+    For class j: (n_j (1 - eps) + sum_{y != j} n_y eps w_j / sum_{i != y} w_i) / N. Where a
+    minor class gets more mass than the largest class (FER2013's disgust does at eps 0.3), the
+    smoothing distorts the class prior the head learns.
+    """
+    w = class_weights.double().tolist()
+    total_w, n = sum(w), sum(counts)
+    mass = []
+    for j, n_j in enumerate(counts):
+        spread = sum(n_y * eps * w[j] / (total_w - w[y]) for y, n_y in enumerate(counts) if y != j)
+        mass.append((n_j * (1 - eps) + spread) / n)
+    return mass

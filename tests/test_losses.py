@@ -101,3 +101,13 @@ def test_deferred_start_and_ramp():
     assert loss.rsl.eps == pytest.approx(0.15) and loss.rac_weight == pytest.approx(0.05)
     loss.set_step(100)
     assert loss.rsl.eps == pytest.approx(0.3) and loss.rac_weight == pytest.approx(0.1)
+
+
+def test_target_mass_per_class_hand_computed_and_sums_to_one():
+    from losses import target_mass_per_class
+
+    # Two classes: all smoothing mass of one class goes to the other.
+    assert target_mass_per_class([3, 1], torch.tensor([1.0, 2.0]), 0.3) == pytest.approx([(3 * 0.7 + 0.3) / 4, (0.7 + 3 * 0.3) / 4])
+    mass = target_mass_per_class(RAF_DB_COUNTS, class_weights_from_counts(RAF_DB_COUNTS), 0.3)
+    assert sum(mass) == pytest.approx(1.0)
+    assert max(range(7), key=mass.__getitem__) == 3  # on RAF-DB happiness keeps the most mass
