@@ -36,7 +36,7 @@ R18 = {
 MEK = {"rsl_eps": 0.3, "rac_weight": 0.1}
 CE = {"rsl_eps": 0.0, "rac_weight": 0.0}
 DEMO = {
-    "dataset": "demo", "backbone": "resnet18", "img_size": 64, "opt": "adamw", "lr": 2e-3, "weight_decay": 0.05,
+    "dataset": "demo", "backbone": "resnet18", "img_size": 48, "epochs": 5, "opt": "adamw", "lr": 2e-3, "weight_decay": 0.05,
     "sched": "cosine", "warmup_steps": 20, "reprob": 0.25, "cache_images": True, "overwrite": True,
 }
 RECIPES = {
