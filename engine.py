@@ -142,7 +142,7 @@ def train_one_epoch(
         progress.step += 1
         progress.batch_in_epoch += 1
         if show_progress:
-            bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
         if on_step is not None:
             on_step(progress)
     bar.close()
