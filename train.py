@@ -33,6 +33,7 @@ from utils.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+from utils.device import slow_amp_warning
 from utils.distributed import DistInfo, barrier, cleanup_distributed, init_distributed
 from utils.logging import RunLogger, error_exit
 from utils.optim import build_optimizer, build_scheduler
@@ -95,6 +96,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="if set, --lr, --warmup-lr and --min-lr are per this total batch and scaled linearly")
     g.add_argument("--weight-decay", type=float, default=1e-4)
     g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--fused-opt", action=argparse.BooleanOptionalAction, default=True,
+                   help="torch's fused Adam/AdamW/SGD kernel (same update rule, one pass over the parameters)")
     g.add_argument("--sched", choices=["cosine", "exponential", "constant"], default="exponential")
     g.add_argument("--decay-rate", type=float, default=0.9, help="exponential schedule: factor per epoch")
     g.add_argument("--warmup-steps", type=int, default=0)
@@ -258,7 +261,8 @@ def main(args: argparse.Namespace) -> None:
     criterion = MEKLoss(class_weights, rsl_eps=args.rsl_eps, rac_weight=args.rac_weight,
                         start_step=start_step, ramp_steps=args.mek_ramp_steps).to(device)
     lr_scale = (args.batch_size * dist_info.world_size / args.lr_base_batch) if args.lr_base_batch else 1.0
-    optimizer = build_optimizer(model_without_ddp, args.opt, args.lr * lr_scale, args.weight_decay, args.momentum)
+    optimizer = build_optimizer(model_without_ddp, args.opt, args.lr * lr_scale, args.weight_decay, args.momentum,
+                                fused=args.fused_opt)
     scheduler = build_scheduler(optimizer, args.sched, total_steps, steps_per_epoch, args.warmup_steps,
                                 args.warmup_lr * lr_scale, args.min_lr * lr_scale, args.decay_rate)
     scaler = torch.amp.GradScaler("cuda") if args.amp == "fp16" else None
@@ -278,6 +282,9 @@ def main(args: argparse.Namespace) -> None:
         f"loss: RSL eps={args.rsl_eps} + {args.rac_weight} x RAC (from step {start_step}); {total_steps} steps "
         f"({steps_per_epoch}/epoch, {num_epochs} epochs), lr {args.lr * lr_scale:.3g} ({args.opt}, {args.sched})",
     ]
+    amp_warning = slow_amp_warning(device, args.amp)
+    if amp_warning:
+        summary.append(amp_warning)
     mass = target_mass_per_class(counts, class_weights, args.rsl_eps)
     if args.rsl_eps > 0 and max(range(len(mass)), key=mass.__getitem__) != max(range(len(counts)), key=counts.__getitem__):
         top = max(range(len(mass)), key=mass.__getitem__)

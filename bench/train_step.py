@@ -7,8 +7,8 @@ A training step is what ``engine.train_one_epoch`` does per batch: the images an
 mirrors through the model, RSL + RAC, backward, optimiser step (Adam for CNNs, AdamW for
 transformers, as in train_exp.sh), plus the non-finite check and logging.
 
-- naive:     two forward passes (image, mirror), fp32, contiguous memory format;
-- optimised: one forward pass over [images; mirrors], autocast (``--amp``; auto = bf16 on CPUs
+- naive:     two forward passes (image, mirror), fp32, contiguous memory format, for-loop optimiser;
+- optimised: one forward pass over [images; mirrors], torch's fused optimiser, autocast (``--amp``; auto = bf16 on CPUs
              with native bf16 and fp32 on the others, where bf16 is emulated and slower; CUDA:
              bf16 if supported, else fp16 with a GradScaler), channels-last for CNNs.
 
@@ -58,14 +58,10 @@ def tcmalloc_status() -> str:
 
 
 def native_bf16() -> bool:
-    """Whether the CPU computes bf16 natively (AVX512-BF16, AMX, Arm BF16), as train_exp.sh checks.
-    Without it oneDNN emulates bf16 and autocast runs several times slower than fp32."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    flags = set(text.split())
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    """Whether the CPU computes bf16 natively, as train_exp.sh checks (utils.device)."""
+    from utils.device import cpu_has_native_bf16
+
+    return cpu_has_native_bf16()
 
 
 def cpu_model() -> str:
@@ -128,6 +124,36 @@ def peak_mb(device: torch.device) -> float:
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def matmul_peak_gflops(device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of a large square matmul: the practical ceiling a training step is measured against."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    a @ b  # warm-up
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def step_gflop(model: torch.nn.Module, criterion: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+               device: torch.device) -> float:
+    """Floating-point operations of one training step (forward + backward of image and mirror),
+    counted by torch's FlopCounterMode (matmuls and convolutions; element-wise ops are not counted)."""
+    import engine
+    from torch.utils.flop_counter import FlopCounterMode
+
+    options = engine.StepOptions(flip_forward="two-pass")
+    counter = FlopCounterMode(display=False)
+    with counter:
+        engine.compute_loss(model, criterion, images, labels, device, options)["loss"].backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / 1e9
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -221,7 +247,15 @@ def run_form(form: str, args: argparse.Namespace, payload_path: str) -> dict:
     eval_peak = peak_mb(device)
 
     model.train()
-    optimizer = build_optimizer(model, args.opt, 1e-4, 0.05 if args.opt == "adamw" else 1e-4)
+    # Counted before the optimiser exists, and BatchNorm's running statistics are restored after,
+    # so the timed steps start from the same state in both forms.
+    saved_buffers = {k: v.clone() for k, v in model.named_buffers()}
+    gflop = step_gflop(model, criterion, images, labels, device) if form == "naive" else None
+    with torch.no_grad():
+        for k, v in model.named_buffers():
+            v.copy_(saved_buffers[k])
+    torch.manual_seed(args.seed)  # the counting step drew random numbers (drop path) in one form only
+    optimizer = build_optimizer(model, args.opt, 1e-4, 0.05 if args.opt == "adamw" else 1e-4, fused=optimised)
     scaler = torch.amp.GradScaler("cuda") if amp == "fp16" and device.type == "cuda" else None
     total = args.warmup + args.steps
     stamps: list[float] = []
@@ -253,7 +287,9 @@ def run_form(form: str, args: argparse.Namespace, payload_path: str) -> dict:
         "idle_mb": idle, "train_peak_mb": train_peak, "eval_peak_mb": eval_peak,
         "first_step_terms": first_terms, "eval_mode_terms": {k: float(v) for k, v in eval_terms.items()},
         "eval_images_per_s": len(eval_images) / statistics.median(eval_times),
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "step_gflop": gflop,
+        "matmul_gflops": {name: matmul_peak_gflops(device, dtype) for name, dtype in
+                          (("fp32", torch.float32), ("bf16", torch.bfloat16))} if form == "naive" else None,
     }
 
 
@@ -349,9 +385,10 @@ def report(args: argparse.Namespace, results: dict, data: dict | None) -> int:
     print()
     print(f"{args.backbone} @ {args.img_size}px, batch {args.batch_size} (+ its mirrors), {args.opt}, "
           f"{args.warmup} warm-up + {args.steps} timed steps, device {args.device}; images/s count each source image once")
-    print(f"naive:     two-pass, fp32, contiguous")
+    print(f"naive:     two-pass, fp32, contiguous, for-loop {args.opt}")
     precision = "fp32" if fast["amp"] == "off" else f"{fast['amp']} autocast"
-    print(f"optimised: one-pass, {precision}, {'channels-last' if fast['channels_last'] else 'contiguous'}")
+    print(f"optimised: one-pass, {precision}, {'channels-last' if fast['channels_last'] else 'contiguous'}, "
+          f"fused {args.opt}")
     print(f"{'':24s}{'naive':>12s}{'optimised':>12s}{'ratio':>8s}")
     mem = "peak RSS MB" if args.device == "cpu" else "peak allocated MB"
     rows = [
@@ -364,6 +401,19 @@ def report(args: argparse.Namespace, results: dict, data: dict | None) -> int:
     ]
     for name, a, b in rows:
         print(f"{name:24s}{a:12.1f}{b:12.1f}{b / a if a > 0 else float('nan'):8.2f}")
+    gflop, peaks = naive["step_gflop"], naive["matmul_gflops"]
+    if gflop:
+        print(f"work per training step (image + mirror, forward + backward, matmuls and convolutions): "
+              f"{gflop:.0f} GFLOP; large-matmul ceiling of this device: {peaks['fp32']:.0f} GFLOP/s fp32, "
+              f"{peaks['bf16']:.0f} bf16")
+        for name, r in (("naive", naive), ("optimised", fast)):
+            achieved = gflop * r["train_images_per_s"] / args.batch_size
+            ceiling = peaks["bf16" if r["amp"] == "bf16" else "fp32"]
+            print(f"  {name:9s} {achieved:6.0f} GFLOP/s = {achieved / ceiling:5.1%} of the "
+                  f"{'bf16' if r['amp'] == 'bf16' else 'fp32'} ceiling")
+        best = max(peaks["fp32"], peaks["bf16"])
+        bound = best / (gflop * naive["train_images_per_s"] / args.batch_size)
+        print(f"  upper bound on any speedup that keeps this arithmetic (the step at the best ceiling): {bound:.2f}x")
     if data is not None:
         print(f"data pipeline (1 process, 1 thread, decode + train transform): {data['decode']:.0f} img/s; "
               f"cached (--cache-images): {data['cached']:.0f} img/s")

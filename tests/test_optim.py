@@ -1,0 +1,58 @@
+import pytest
+import torch
+from torch import nn
+
+from utils.optim import build_optimizer, build_scheduler
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 3))
+
+
+def _train(net: nn.Module, optimizer: torch.optim.Optimizer, steps: int = 5) -> None:
+    torch.manual_seed(1)
+    for _ in range(steps):
+        loss = net(torch.randn(16, 4)).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_fused_optimiser_takes_the_same_steps(name):
+    plain, fused = _net(), _net()
+    opt_plain = build_optimizer(plain, name, 1e-2, 0.05)
+    opt_fused = build_optimizer(fused, name, 1e-2, 0.05, fused=True)
+    assert opt_fused.param_groups[0]["fused"] and not opt_plain.param_groups[0].get("fused")
+    _train(plain, opt_plain)
+    _train(fused, opt_fused)
+    for a, b in zip(plain.parameters(), fused.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_no_weight_decay_on_biases_and_norms():
+    groups = build_optimizer(_net(), "adamw", 1e-3, 0.05).param_groups
+    decay = {g["weight_decay"]: sum(p.numel() for p in g["params"]) for g in groups}
+    # Decayed: the two Linear weights (4x8 + 8x3); not decayed: 2 biases + LayerNorm weight and bias.
+    assert decay == {0.05: 32 + 24, 0.0: 8 + 3 + 8 + 8}
+
+
+def test_fused_is_ignored_by_optimisers_without_it():
+    optimizer = build_optimizer(_net(), "lamb", 1e-3, 0.01, fused=True)
+    assert "fused" not in optimizer.defaults or not optimizer.defaults["fused"]
+
+
+def test_cosine_schedule_with_warmup_is_a_function_of_the_step():
+    optimizer = build_optimizer(_net(), "adamw", 1e-3, 0.05)
+    scheduler = build_scheduler(optimizer, "cosine", total_steps=100, steps_per_epoch=10, warmup_steps=10,
+                                warmup_lr=0.0, min_lr=1e-5)
+    def lr_at(step: int) -> float:
+        scheduler.step_update(step)
+        return optimizer.param_groups[0]["lr"]
+    assert lr_at(0) == pytest.approx(0.0)
+    assert lr_at(5) == pytest.approx(5e-4)  # linear warm-up: 1e-3 * 5 / 10
+    # Cosine over the whole run (timm: warm-up inside it): 1e-5 + 0.5 (1e-3 - 1e-5)(1 + cos(pi 50/100)).
+    assert lr_at(50) == pytest.approx(5.05e-4)
+    assert lr_at(5) == pytest.approx(5e-4)  # the same value when asked again: a function of the step
+    assert lr_at(100) == pytest.approx(1e-5, abs=1e-9)
