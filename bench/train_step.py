@@ -289,7 +289,9 @@ def run_form(form: str, args: argparse.Namespace, payload_path: str) -> dict:
         "eval_images_per_s": len(eval_images) / statistics.median(eval_times),
         "threads": torch.get_num_threads(), "step_gflop": gflop,
         "matmul_gflops": {name: matmul_peak_gflops(device, dtype) for name, dtype in
-                          (("fp32", torch.float32), ("bf16", torch.bfloat16))} if form == "naive" else None,
+                          (("fp32", torch.float32), ("bf16", torch.bfloat16),
+                           *((("fp16", torch.float16),) if device.type == "cuda" else ()))}
+        if form == "naive" else None,
     }
 
 
@@ -404,14 +406,14 @@ def report(args: argparse.Namespace, results: dict, data: dict | None) -> int:
     gflop, peaks = naive["step_gflop"], naive["matmul_gflops"]
     if gflop:
         print(f"work per training step (image + mirror, forward + backward, matmuls and convolutions): "
-              f"{gflop:.0f} GFLOP; large-matmul ceiling of this device: {peaks['fp32']:.0f} GFLOP/s fp32, "
-              f"{peaks['bf16']:.0f} bf16")
+              f"{gflop:.0f} GFLOP; large-matmul ceiling of this device: "
+              + ", ".join(f"{v:.0f} GFLOP/s {k}" for k, v in peaks.items()))
         for name, r in (("naive", naive), ("optimised", fast)):
             achieved = gflop * r["train_images_per_s"] / args.batch_size
-            ceiling = peaks["bf16" if r["amp"] == "bf16" else "fp32"]
-            print(f"  {name:9s} {achieved:6.0f} GFLOP/s = {achieved / ceiling:5.1%} of the "
-                  f"{'bf16' if r['amp'] == 'bf16' else 'fp32'} ceiling")
-        best = max(peaks["fp32"], peaks["bf16"])
+            precision = "fp32" if r["amp"] == "off" else r["amp"]
+            print(f"  {name:9s} {achieved:6.0f} GFLOP/s = {achieved / peaks[precision]:5.1%} of the "
+                  f"{precision} ceiling")
+        best = max(peaks.values())
         bound = best / (gflop * naive["train_images_per_s"] / args.batch_size)
         print(f"  upper bound on any speedup that keeps this arithmetic (the step at the best ceiling): {bound:.2f}x")
     if data is not None:

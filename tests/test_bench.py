@@ -1,0 +1,31 @@
+"""The training-step benchmark runs end to end on a tiny configuration and reports what it promises."""
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_train_step_benchmark_reports_ratio_flops_and_equal_losses(tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "train_step.py"), "--backbone", "resnet18", "--img-size", "32",
+           "--batch-size", "4", "--steps", "2", "--warmup", "1", "--eval-batches", "1", "--data-images", "21",
+           "--amp", "off", "--json", str(out)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    lines = run.stdout.strip().splitlines()
+    assert re.fullmatch(r"speedup: \d+\.\d\d", lines[-1])
+    assert sum("OK" in line and line.startswith("loss (") for line in lines) == 2
+    assert any(line.startswith("data pipeline") for line in lines)
+    result = json.loads(out.read_text())
+    naive, fast = result["results"]["naive"], result["results"]["optimised"]
+    assert naive["flip_forward"] == "two-pass" and fast["flip_forward"] == "one-pass"
+    assert fast["channels_last"] and not naive["channels_last"]
+    assert len(naive["step_times"]) == len(fast["step_times"]) == 2
+    assert float(lines[-1].split()[1]) == round(result["speedup"], 2)
+    # ResNet-18 at 32 px: conv FLOPs scale with the pixels, 182 GFLOP per step of 32 (+32) at 112 px
+    # (measured), so about 182 * (32/112)^2 / 8 = 1.9 GFLOP for 4 (+4) images at 32 px.
+    assert 1.0 < naive["step_gflop"] < 3.0
+    assert naive["matmul_gflops"]["fp32"] > 0
