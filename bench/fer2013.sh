@@ -23,7 +23,7 @@
 # this codebase; set AMP=bf16 on CPUs that have it), PYTHON (the venv python if present),
 # OMP_NUM_THREADS (torch default: all cores), CHECK=0 to skip protocol 3, EXTRA=1 to add three
 # more warm MEK settings (p 0.5 + lambda 0.03, p 0.5 + eps 0.1, eps 0.1), DEFERRED=1 to add
-# the from-scratch deferred-start arm (not run by default: no time to measure it), ONLY="arm arm ..."
+# the from-scratch deferred-start arm (off by default to keep the default run short), ONLY="arm arm ..."
 # to run only those arms (e.g. two lanes in parallel, OMP_NUM_THREADS=1 each) before the tables.
 set -eu
 
