@@ -29,3 +29,22 @@ def test_train_step_benchmark_reports_ratio_flops_and_equal_losses(tmp_path):
     # (measured), so about 182 * (32/112)^2 / 8 = 1.9 GFLOP for 4 (+4) images at 32 px.
     assert 1.0 < naive["step_gflop"] < 3.0
     assert naive["matmul_gflops"]["fp32"] > 0
+
+
+def test_targets_runs_each_configuration_and_tabulates_against_the_target(tmp_path):
+    cmd = [sys.executable, str(ROOT / "bench" / "targets.py"), "--out", str(tmp_path), "--config", "resnet18:32",
+           "--target", "0.01", "--batch-size", "4", "--steps", "1", "--warmup", "1", "--eval-batches", "1",
+           "--skip-data"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    result = json.loads((tmp_path / "resnet18_32.json").read_text())
+    row = next(line for line in run.stdout.splitlines() if line.startswith("| resnet18 @ 32 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[3] == f"{result['speedup']:.2f}"
+    assert cells[4] == "met (0.01x)"  # any working optimised step is above 1% of the naive one
+
+
+def test_targets_rejects_a_malformed_configuration(tmp_path):
+    cmd = [sys.executable, str(ROOT / "bench" / "targets.py"), "--out", str(tmp_path), "--config", "resnet18"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "expected BACKBONE:SIZE" in run.stderr
