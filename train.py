@@ -36,7 +36,7 @@ from utils.checkpoint import (
 from utils.device import slow_amp_warning
 from utils.distributed import DistInfo, barrier, cleanup_distributed, init_distributed
 from utils.logging import RunLogger, error_exit
-from utils.optim import build_optimizer, build_scheduler
+from utils.optim import build_optimizer, build_scheduler, load_optimizer_state
 
 NORMALISATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "half": ((0.5,) * 3, (0.5,) * 3)}
 
@@ -313,7 +313,7 @@ def main(args: argparse.Namespace) -> None:
         state = load_checkpoint(args.resume)
         _check_resumable(state, model_without_ddp, args)
         model_without_ddp.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(optimizer, state["optimizer"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         progress = engine.TrainProgress(**state["progress"])

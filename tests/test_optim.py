@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from utils.optim import build_optimizer, build_scheduler
+from utils.optim import build_optimizer, build_scheduler, load_optimizer_state
 
 
 def _net() -> nn.Module:
@@ -56,3 +56,18 @@ def test_cosine_schedule_with_warmup_is_a_function_of_the_step():
     assert lr_at(50) == pytest.approx(5.05e-4)
     assert lr_at(5) == pytest.approx(5e-4)  # the same value when asked again: a function of the step
     assert lr_at(100) == pytest.approx(1e-5, abs=1e-9)
+
+
+def test_resuming_keeps_the_moments_but_takes_the_implementation_from_the_command_line():
+    net = _net()
+    fused = build_optimizer(net, "adamw", 1e-2, 0.05, fused=True)
+    _train(net, fused, steps=2)
+    saved = fused.state_dict()
+    resumed = build_optimizer(net, "adamw", 1e-2, 0.05, fused=False)  # resumed with --no-fused-opt
+    load_optimizer_state(resumed, saved)
+    assert not resumed.param_groups[0]["fused"]
+    first = next(iter(net.parameters()))
+    torch.testing.assert_close(resumed.state[first]["exp_avg"], fused.state[first]["exp_avg"])
+    assert int(resumed.state[first]["step"]) == 2
+    _train(net, resumed, steps=1)  # and it steps
+    assert int(resumed.state[first]["step"]) == 3

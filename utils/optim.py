@@ -28,6 +28,23 @@ def build_optimizer(
     return create_optimizer_v2(model, opt=name, lr=lr, weight_decay=weight_decay, momentum=momentum, **extra)
 
 
+# Param-group keys that choose how the update is computed, not what it is.
+IMPLEMENTATION_KEYS = ("fused", "foreach")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load a checkpoint's optimiser state but keep this run's implementation choice.
+
+    ``Optimizer.load_state_dict`` restores every param-group key, including ``fused`` and
+    ``foreach``; those belong to the command line of the resuming run (``--no-fused-opt``),
+    while the hyperparameters and moments come from the checkpoint.
+    """
+    chosen = [{k: g[k] for k in IMPLEMENTATION_KEYS if k in g} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, keys in zip(optimizer.param_groups, chosen):
+        group.update(keys)
+
+
 def build_scheduler(
     optimizer: torch.optim.Optimizer,
     name: str,
