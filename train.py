@@ -80,6 +80,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--rac-weight", type=float, default=0.1, help="lambda of re-balanced attention consistency; 0 = off")
     g.add_argument("--class-weight-power", type=float, default=1.0,
                    help="temper the class weights: w_k = (N / (10 n_k)) ** power, power in [0, 1]; 1 = paper")
+    g.add_argument("--rsl-class-weight-power", type=float, default=None,
+                   help="the power for RSL's weights only (default: --class-weight-power)")
+    g.add_argument("--rac-class-weight-power", type=float, default=None,
+                   help="the power for RAC's weights only (default: --class-weight-power)")
     g.add_argument("--mek-start-step", type=int, default=0,
                    help="plain cross-entropy before this step, then RSL and RAC (deferred start; 0 = paper)")
     g.add_argument("--mek-start-epoch", type=int, default=None, help="the same in epochs (overrides --mek-start-step)")
@@ -148,6 +152,10 @@ def check_args(args: argparse.Namespace) -> None:
         error_exit(f"--rsl-eps must be in [0, 1), got {args.rsl_eps}")
     if args.rac_weight < 0:
         error_exit(f"--rac-weight must be >= 0, got {args.rac_weight}")
+    for flag in ("class_weight_power", "rsl_class_weight_power", "rac_class_weight_power"):
+        value = getattr(args, flag)
+        if value is not None and not 0 <= value <= 1:
+            error_exit(f"--{flag.replace('_', '-')} must be in [0, 1], got {value}")
 
 
 def prepare_output(args: argparse.Namespace, main: bool) -> None:
@@ -200,6 +208,11 @@ def build_data(args: argparse.Namespace, dist_info: DistInfo):
     return train_set, test_set, train_sampler, train_loader, test_loader
 
 
+def describe_weights(term: str, power: float, classes: list[str], weights: torch.Tensor) -> str:
+    formula = "N/(10 n_k)" if power == 1 else f"(N/(10 n_k))^{power:g}"
+    return f"{term}class weights {formula}: " + ", ".join(f"{c}={w:.4f}" for c, w in zip(classes, weights.tolist()))
+
+
 def format_eval(metrics: dict, classes: list[str]) -> str:
     per_class = " ".join(f"{c[:4]}={a * 100:.1f}" for c, a in zip(classes, metrics["per_class_acc"]))
     return (f"overall {metrics['overall_acc'] * 100:.2f}  mean {metrics['mean_acc'] * 100:.2f}  "
@@ -224,7 +237,11 @@ def main(args: argparse.Namespace) -> None:
     if empty:
         error_exit(f"{train_set.source}: class(es) {', '.join(empty)} have no training samples; "
                    "the class weights N/(10 n_k) need every class (check the dataset, or --num-classes)")
-    class_weights = class_weights_from_counts(counts, power=args.class_weight_power)
+    # RSL's and RAC's weights: the same unless one term's power is set on its own.
+    rsl_power, rac_power = (args.class_weight_power if power is None else power
+                            for power in (args.rsl_class_weight_power, args.rac_class_weight_power))
+    class_weights = class_weights_from_counts(counts, power=rsl_power)
+    rac_class_weights = class_weights_from_counts(counts, power=rac_power)
     steps_per_epoch = len(train_set) // (args.batch_size * dist_info.world_size)
     if steps_per_epoch == 0:
         error_exit(f"the training set has {len(train_set)} images, fewer than one batch of {args.batch_size * dist_info.world_size}")
@@ -258,7 +275,7 @@ def main(args: argparse.Namespace) -> None:
         model = torch.compile(model)
 
     start_step = args.mek_start_step if args.mek_start_epoch is None else args.mek_start_epoch * steps_per_epoch
-    criterion = MEKLoss(class_weights, rsl_eps=args.rsl_eps, rac_weight=args.rac_weight,
+    criterion = MEKLoss(class_weights, rsl_eps=args.rsl_eps, rac_weight=args.rac_weight, rac_class_weights=rac_class_weights,
                         start_step=start_step, ramp_steps=args.mek_ramp_steps).to(device)
     lr_scale = (args.batch_size * dist_info.world_size / args.lr_base_batch) if args.lr_base_batch else 1.0
     optimizer = build_optimizer(model_without_ddp, args.opt, args.lr * lr_scale, args.weight_decay, args.momentum,
@@ -273,7 +290,9 @@ def main(args: argparse.Namespace) -> None:
         f"dataset {args.dataset} at {args.data_root}: {len(train_set)} train / {len(test_set)} test images",
         "train counts: " + ", ".join(f"{c}={n}" for c, n in zip(classes, counts)),
         "test counts:  " + ", ".join(f"{c}={n}" for c, n in zip(classes, test_set.class_counts())),
-        "class weights N/(10 n_k): " + ", ".join(f"{c}={w:.4f}" for c, w in zip(classes, class_weights.tolist())),
+        *(describe_weights(term, power, classes, weights) for term, power, weights in
+          ([("", rsl_power, class_weights)] if rsl_power == rac_power else
+           [("RSL ", rsl_power, class_weights), ("RAC ", rac_power, rac_class_weights)])),
         "RSL target mass vs share of images: " + ", ".join(
             f"{c}={m * 100:.1f}%/{n / len(train_set) * 100:.1f}%"
             for c, m, n in zip(classes, target_mass_per_class(counts, class_weights, args.rsl_eps), counts)),
@@ -325,6 +344,7 @@ def main(args: argparse.Namespace) -> None:
         for line in summary:
             logger.info(line)
     config = {**vars(args), "classes": classes, "train_counts": counts, "class_weights": class_weights.tolist(),
+              "rac_class_weights": rac_class_weights.tolist(),
               "code_version": code_version(), "total_steps": total_steps, "steps_per_epoch": steps_per_epoch}
     logger.write_config(config)
     model_config = {"backbone": args.backbone, "num_classes": len(classes), "img_size": args.img_size,

@@ -28,12 +28,18 @@ class MEKLoss(nn.Module):
         rac_weight: float = 0.1,
         start_step: int = 0,
         ramp_steps: int = 0,
+        rac_class_weights: torch.Tensor | None = None,
     ) -> None:
+        """``class_weights`` serve both terms unless RAC gets its own ``rac_class_weights``."""
         super().__init__()
         if rac_weight < 0:
             raise ValueError(f"--rac-weight must be >= 0, got {rac_weight}")
         self.rsl = RebalancedSmoothLabelLoss(class_weights, eps=rsl_eps)
-        self.register_buffer("class_weights", class_weights.float().clone())
+        rac_class_weights = class_weights if rac_class_weights is None else rac_class_weights
+        if rac_class_weights.shape != class_weights.shape:
+            raise ValueError(f"RAC's class weights have shape {tuple(rac_class_weights.shape)}, "
+                             f"RSL's {tuple(class_weights.shape)}")
+        self.register_buffer("rac_class_weights", rac_class_weights.float().clone())
         self.full_rsl_eps = rsl_eps
         self.full_rac_weight = rac_weight
         self.rac_weight = rac_weight
@@ -73,7 +79,7 @@ class MEKLoss(nn.Module):
         if self.needs_flipped_view:
             if maps is None or flipped_maps is None:
                 raise ValueError("RAC needs the attention maps of the images and of their mirrors")
-            rac = rebalanced_attention_consistency(maps, flipped_maps, self.class_weights)
+            rac = rebalanced_attention_consistency(maps, flipped_maps, self.rac_class_weights)
             terms["rac"] = rac
             loss = loss + self.rac_weight * rac
         terms["loss"] = loss

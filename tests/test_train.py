@@ -66,6 +66,26 @@ def test_dry_run_prints_counts_and_weights(demo_root, tmp_path, capsys):
     assert not (tmp_path / "dry").exists()
 
 
+def test_separate_class_weight_powers_for_rsl_and_rac(demo_root, tmp_path, capsys):
+    run_train(demo_root, tmp_path / "dry", "--dry-run", "--rac-class-weight-power", "0.5")
+    out = capsys.readouterr().out
+    assert "RSL class weights N/(10 n_k): " in out and "RAC class weights (N/(10 n_k))^0.5: " in out
+    rsl = dict(item.split("=") for item in out.split("RSL class weights N/(10 n_k): ")[1].splitlines()[0].split(", "))
+    rac = dict(item.split("=") for item in out.split("RAC class weights (N/(10 n_k))^0.5: ")[1].splitlines()[0].split(", "))
+    assert all(float(rac[c]) == pytest.approx(float(rsl[c]) ** 0.5, abs=2e-4) for c in rsl)
+
+
+def test_out_of_range_class_weight_power_names_the_flag(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "train.py", "--dataset", "demo", "--data-root", str(tmp_path / "demo"), "--output",
+         str(tmp_path / "out"), "--rsl-class-weight-power", "1.5"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert "error: --rsl-class-weight-power must be in [0, 1], got 1.5" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_ablation_flags_select_terms(demo_root, tmp_path):
     run_train(demo_root, tmp_path / "ce", "--steps", "2", "--rsl-eps", "0", "--rac-weight", "0")
     record = read_metrics(tmp_path / "ce" / "metrics.jsonl")[-1]
