@@ -21,8 +21,8 @@
 # Environment (budgets): STEPS_SCRATCH (400), STEPS_FT (100), STEPS_CHECK (50), AMP (off:
 # on CPUs without native bf16 (no avx512_bf16/AMX) bf16 autocast is ~2x SLOWER than fp32 in
 # this codebase; set AMP=bf16 on CPUs that have it), PYTHON (the venv python if present),
-# OMP_NUM_THREADS (torch default: all cores), CHECK=0 to skip protocol 3, EXTRA=1 to add three
-# more warm MEK settings (p 0.5 + lambda 0.03, p 0.5 + eps 0.1, eps 0.1), DEFERRED=1 to add
+# OMP_NUM_THREADS (torch default: all cores), CHECK=0 to skip protocol 3, EXTRA=1 to add more
+# warm MEK settings (p 0.5 + lambda 0.03, p 0.5 + eps 0.1, eps 0.1, per-term powers), DEFERRED=1 to add
 # the from-scratch deferred-start arm (off by default to keep the default run short), ONLY="arm arm ..."
 # to run only those arms (e.g. two lanes in parallel, OMP_NUM_THREADS=1 each) before the tables.
 set -eu
@@ -86,6 +86,9 @@ run ft_mek_p05_l003 "$STEPS_FT" $FT --rsl-eps 0.3 --rac-weight 0.03 --amp "$AMP"
 run ft_mek_p05_l003_s1 "$STEPS_FT" $FT --rsl-eps 0.3 --rac-weight 0.03 --amp "$AMP" --class-weight-power 0.5 --seed 1
 run ft_mek_p05_e01 "$STEPS_FT" $FT --rsl-eps 0.1 --rac-weight 0.1 --amp "$AMP" --class-weight-power 0.5
 run ft_mek_e01 "$STEPS_FT" $FT --rsl-eps 0.1 --rac-weight 0.1 --amp "$AMP"
+# each term's weights tempered on its own: RSL at power 0.5 with RAC's at 1 (paper) or 0 (unweighted)
+run ft_mek_rslp05 "$STEPS_FT" $FT $MEK --amp "$AMP" --rsl-class-weight-power 0.5 --rac-class-weight-power 1
+run ft_mek_rslp05_racp0 "$STEPS_FT" $FT $MEK --amp "$AMP" --rsl-class-weight-power 0.5 --rac-class-weight-power 0
 fi
 
 # 3. optimised vs naive step (short warm-started MEK arms)
@@ -105,7 +108,7 @@ echo
 $T --title "Protocol 2: warm start from scratch_ce, +$STEPS_FT steps x 64 (%)" \
   "start (scratch_ce)=$OUT/scratch_ce" CE="$OUT/ft_ce" "CE seed 1=$OUT/ft_ce_s1" "RSL only=$OUT/ft_rsl" "RAC only=$OUT/ft_rac" \
   "MEK (paper)=$OUT/ft_mek" "MEK p0.5=$OUT/ft_mek_p05" \
-  $( [ "${EXTRA:-0}" = 1 ] && echo "MEK-p0.5-lambda0.03=$OUT/ft_mek_p05_l003 MEK-p0.5-lambda0.03-seed1=$OUT/ft_mek_p05_l003_s1 MEK-p0.5-eps0.1=$OUT/ft_mek_p05_e01 MEK-eps0.1=$OUT/ft_mek_e01" )
+  $( [ "${EXTRA:-0}" = 1 ] && echo "MEK-p0.5-lambda0.03=$OUT/ft_mek_p05_l003 MEK-p0.5-lambda0.03-seed1=$OUT/ft_mek_p05_l003_s1 MEK-p0.5-eps0.1=$OUT/ft_mek_p05_e01 MEK-eps0.1=$OUT/ft_mek_e01 MEK-rsl-p0.5=$OUT/ft_mek_rslp05 MEK-rsl-p0.5-rac-p0=$OUT/ft_mek_rslp05_racp0" )
 if [ "$CHECK" = 1 ]; then
   echo
   $T --title "Check: optimised vs naive step, warm MEK +$STEPS_CHECK steps (%)" \

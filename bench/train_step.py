@@ -7,10 +7,15 @@ A training step is what ``engine.train_one_epoch`` does per batch: the images an
 mirrors through the model, RSL + RAC, backward, optimiser step (Adam for CNNs, AdamW for
 transformers, as in train_exp.sh), plus the non-finite check and logging.
 
-- naive:     two forward passes (image, mirror), fp32, contiguous memory format, for-loop optimiser;
-- optimised: one forward pass over [images; mirrors], torch's fused optimiser, autocast (``--amp``; auto = bf16 on CPUs
-             with native bf16 and fp32 on the others, where bf16 is emulated and slower; CUDA:
-             bf16 if supported, else fp16 with a GradScaler), channels-last for CNNs.
+- naive:     two forward passes (image, mirror), fp32, contiguous memory format, torch's
+             for-loop optimiser;
+- optimised: one forward pass over [images; mirrors], torch's fused optimiser, autocast
+             (``--amp``; auto = bf16 on CPUs with native bf16 and fp32 on the others, where
+             bf16 is emulated and slower; CUDA: bf16 if supported, else fp16 with a
+             GradScaler), channels-last for CNNs.
+
+It also counts the step's matmul and convolution FLOPs and measures the device's large-matmul
+ceiling, and prints each form's share of it and the largest speedup that ceiling allows.
 
 Throughput counts each source image once (the mirror is not counted) and is the median over
 the timed steps after warm-up. Each form runs in its own child process started from the same
