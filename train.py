@@ -240,7 +240,7 @@ def main(args: argparse.Namespace) -> None:
     # RSL's and RAC's weights: the same unless one term's power is set on its own.
     rsl_power, rac_power = (args.class_weight_power if power is None else power
                             for power in (args.rsl_class_weight_power, args.rac_class_weight_power))
-    class_weights = class_weights_from_counts(counts, power=rsl_power)
+    rsl_class_weights = class_weights_from_counts(counts, power=rsl_power)
     rac_class_weights = class_weights_from_counts(counts, power=rac_power)
     steps_per_epoch = len(train_set) // (args.batch_size * dist_info.world_size)
     if steps_per_epoch == 0:
@@ -275,8 +275,9 @@ def main(args: argparse.Namespace) -> None:
         model = torch.compile(model)
 
     start_step = args.mek_start_step if args.mek_start_epoch is None else args.mek_start_epoch * steps_per_epoch
-    criterion = MEKLoss(class_weights, rsl_eps=args.rsl_eps, rac_weight=args.rac_weight, rac_class_weights=rac_class_weights,
-                        start_step=start_step, ramp_steps=args.mek_ramp_steps).to(device)
+    criterion = MEKLoss(rsl_class_weights, rsl_eps=args.rsl_eps, rac_weight=args.rac_weight,
+                        start_step=start_step, ramp_steps=args.mek_ramp_steps,
+                        rac_class_weights=rac_class_weights).to(device)
     lr_scale = (args.batch_size * dist_info.world_size / args.lr_base_batch) if args.lr_base_batch else 1.0
     optimizer = build_optimizer(model_without_ddp, args.opt, args.lr * lr_scale, args.weight_decay, args.momentum,
                                 fused=args.fused_opt)
@@ -291,11 +292,11 @@ def main(args: argparse.Namespace) -> None:
         "train counts: " + ", ".join(f"{c}={n}" for c, n in zip(classes, counts)),
         "test counts:  " + ", ".join(f"{c}={n}" for c, n in zip(classes, test_set.class_counts())),
         *(describe_weights(term, power, classes, weights) for term, power, weights in
-          ([("", rsl_power, class_weights)] if rsl_power == rac_power else
-           [("RSL ", rsl_power, class_weights), ("RAC ", rac_power, rac_class_weights)])),
+          ([("", rsl_power, rsl_class_weights)] if rsl_power == rac_power else
+           [("RSL ", rsl_power, rsl_class_weights), ("RAC ", rac_power, rac_class_weights)])),
         "RSL target mass vs share of images: " + ", ".join(
             f"{c}={m * 100:.1f}%/{n / len(train_set) * 100:.1f}%"
-            for c, m, n in zip(classes, target_mass_per_class(counts, class_weights, args.rsl_eps), counts)),
+            for c, m, n in zip(classes, target_mass_per_class(counts, rsl_class_weights, args.rsl_eps), counts)),
         f"model {args.backbone} @ {args.img_size}px: {count_parameters(model_without_ddp) / 1e6:.2f}M parameters, "
         f"{len(classes)} classes; device {device}, amp {args.amp}, world size {dist_info.world_size}",
         f"loss: RSL eps={args.rsl_eps} + {args.rac_weight} x RAC (from step {start_step}); {total_steps} steps "
@@ -304,7 +305,7 @@ def main(args: argparse.Namespace) -> None:
     amp_warning = slow_amp_warning(device, args.amp)
     if amp_warning:
         summary.append(amp_warning)
-    mass = target_mass_per_class(counts, class_weights, args.rsl_eps)
+    mass = target_mass_per_class(counts, rsl_class_weights, args.rsl_eps)
     if args.rsl_eps > 0 and max(range(len(mass)), key=mass.__getitem__) != max(range(len(counts)), key=counts.__getitem__):
         top = max(range(len(mass)), key=mass.__getitem__)
         summary.append(
@@ -343,7 +344,7 @@ def main(args: argparse.Namespace) -> None:
     else:
         for line in summary:
             logger.info(line)
-    config = {**vars(args), "classes": classes, "train_counts": counts, "class_weights": class_weights.tolist(),
+    config = {**vars(args), "classes": classes, "train_counts": counts, "class_weights": rsl_class_weights.tolist(),
               "rac_class_weights": rac_class_weights.tolist(),
               "code_version": code_version(), "total_steps": total_steps, "steps_per_epoch": steps_per_epoch}
     logger.write_config(config)
