@@ -11,7 +11,7 @@ NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 
 def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
     """Whether this CPU has bf16 arithmetic. Without it oneDNN emulates bf16, and bf16 autocast
-    trains several times slower than fp32 (measured: 0.30x for ResNet-18 on an Ice Lake Xeon)."""
+    trains several times slower than fp32 (measured: 0.31x for ResNet-18 on an Ice Lake Xeon, bench/RESULTS.md)."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()
