@@ -287,6 +287,7 @@ def main(args: argparse.Namespace) -> None:
     options = engine.StepOptions(amp=args.amp, channels_last=args.channels_last, flip_forward=args.flip_forward,
                                  clip_grad=args.clip_grad, skip_nonfinite=args.skip_nonfinite)
 
+    mass = target_mass_per_class(counts, rsl_class_weights, args.rsl_eps)
     summary = [
         f"dataset {args.dataset} at {args.data_root}: {len(train_set)} train / {len(test_set)} test images",
         "train counts: " + ", ".join(f"{c}={n}" for c, n in zip(classes, counts)),
@@ -295,8 +296,7 @@ def main(args: argparse.Namespace) -> None:
           ([("", rsl_power, rsl_class_weights)] if rsl_power == rac_power else
            [("RSL ", rsl_power, rsl_class_weights), ("RAC ", rac_power, rac_class_weights)])),
         "RSL target mass vs share of images: " + ", ".join(
-            f"{c}={m * 100:.1f}%/{n / len(train_set) * 100:.1f}%"
-            for c, m, n in zip(classes, target_mass_per_class(counts, rsl_class_weights, args.rsl_eps), counts)),
+            f"{c}={m * 100:.1f}%/{n / len(train_set) * 100:.1f}%" for c, m, n in zip(classes, mass, counts)),
         f"model {args.backbone} @ {args.img_size}px: {count_parameters(model_without_ddp) / 1e6:.2f}M parameters, "
         f"{len(classes)} classes; device {device}, amp {args.amp}, world size {dist_info.world_size}",
         f"loss: RSL eps={args.rsl_eps} + {args.rac_weight} x RAC (from step {start_step}); {total_steps} steps "
@@ -305,13 +305,13 @@ def main(args: argparse.Namespace) -> None:
     amp_warning = slow_amp_warning(device, args.amp)
     if amp_warning:
         summary.append(amp_warning)
-    mass = target_mass_per_class(counts, rsl_class_weights, args.rsl_eps)
-    if args.rsl_eps > 0 and max(range(len(mass)), key=mass.__getitem__) != max(range(len(counts)), key=counts.__getitem__):
-        top = max(range(len(mass)), key=mass.__getitem__)
+    top = max(range(len(mass)), key=mass.__getitem__)
+    if args.rsl_eps > 0 and top != max(range(len(counts)), key=counts.__getitem__):
         summary.append(
             f"warning: RSL gives {classes[top]} the most target mass ({mass[top] * 100:.1f}%) although it is "
             f"{counts[top] / len(train_set) * 100:.1f}% of the images; the head may over-predict it "
-            "(consider --class-weight-power 0.5 or a smaller --rsl-eps; see README, FER2013)")
+            "(consider --class-weight-power 0.5, --rsl-class-weight-power 0.5 or a smaller --rsl-eps; "
+            "see README, FER2013)")
     if args.dry_run:
         if dist_info.is_main:
             print("\n".join(summary), flush=True)

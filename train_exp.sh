@@ -84,7 +84,7 @@ else
   NGPUS="${NGPUS:-1}"
 fi
 
-# tcmalloc speeds CPU training up markedly (Debian/Ubuntu package libtcmalloc-minimal4).
+# tcmalloc (Debian/Ubuntu package libtcmalloc-minimal4): +4% on the Xeon of bench/RESULTS.md, more on others.
 if [ -z "${LD_PRELOAD:-}" ]; then
   for lib in /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4; do
     if [ -f "$lib" ]; then export LD_PRELOAD="$lib"; break; fi

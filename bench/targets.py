@@ -19,6 +19,9 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from train_step import utilisation  # noqa: E402  (bench/ is not a package)
+
 # The targets; Swin-T with fewer timed steps (seconds per step on a CPU).
 CONFIGS = {
     "resnet18:112": [],
@@ -46,13 +49,8 @@ def table(rows: list[tuple[str, dict]], target: float) -> str:
              "|---|---|---|---|---|---|---|"]
     for name, r in rows:
         naive, fast = r["results"]["naive"], r["results"]["optimised"]
-        gflop, peaks = naive.get("step_gflop"), naive.get("matmul_gflops") or {}
-        if gflop and peaks:
-            achieved = gflop * naive["train_images_per_s"] / r["args"]["batch_size"]
-            share = f"{achieved / peaks['fp32']:.0%} (fp32)"
-            bound = f"{max(peaks.values()) / achieved:.2f}x"
-        else:
-            share = bound = "-"
+        measured = utilisation(naive, naive, r["args"]["batch_size"])
+        share, bound = (f"{measured[2]:.0%} (fp32)", f"{measured[3]:.2f}x") if measured else ("-", "-")
         met = "met" if r["speedup"] >= target else "not met"
         lines.append(f"| {name} | {naive['train_images_per_s']:.1f} | {fast['train_images_per_s']:.1f} | "
                      f"{r['speedup']:.2f} | {met} ({target:g}x) | {share} | {bound} |")

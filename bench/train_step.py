@@ -46,6 +46,8 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
+from utils.device import cpu_has_native_bf16  # noqa: E402
+
 TCMALLOC_HINT = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
 RAF_DB_COUNTS = [1290, 281, 717, 4772, 1982, 705, 2524]
 FORMS = ("naive", "optimised")
@@ -60,13 +62,6 @@ def tcmalloc_status() -> str:
     if Path(TCMALLOC_HINT).exists():
         return "tcmalloc: installed but NOT preloaded (bench/run_cpu.sh preloads it)"
     return "tcmalloc: not found (glibc malloc)"
-
-
-def native_bf16() -> bool:
-    """Whether the CPU computes bf16 natively, as train_exp.sh checks (utils.device)."""
-    from utils.device import cpu_has_native_bf16
-
-    return cpu_has_native_bf16()
 
 
 def cpu_model() -> str:
@@ -161,6 +156,19 @@ def step_gflop(model: torch.nn.Module, criterion: torch.nn.Module, images: torch
     return counter.get_total_flops() / 1e9
 
 
+def utilisation(naive: dict, form: dict, batch_size: int) -> tuple[float, str, float, float] | None:
+    """(achieved GFLOP/s, precision, share of that precision's matmul ceiling, bound) of ``form``;
+    bound = the best ceiling over the naive step's GFLOP/s, the largest speedup any form keeping
+    this arithmetic can reach. None when the FLOPs were not counted."""
+    gflop, peaks = naive.get("step_gflop"), naive.get("matmul_gflops")
+    if not gflop or not peaks:
+        return None
+    achieved = gflop * form["train_images_per_s"] / batch_size
+    precision = "fp32" if form["amp"] == "off" else form["amp"]
+    naive_achieved = gflop * naive["train_images_per_s"] / batch_size
+    return achieved, precision, achieved / peaks[precision], max(peaks.values()) / naive_achieved
+
+
 # ----------------------------------------------------------------------------- configuration
 def resolve(args: argparse.Namespace) -> argparse.Namespace:
     if args.device == "auto":
@@ -169,7 +177,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
         if args.device == "cuda":
             args.amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         else:
-            args.amp = "bf16" if native_bf16() else "off"
+            args.amp = "bf16" if cpu_has_native_bf16() else "off"
     if args.opt == "auto":  # the optimisers of train_exp.sh's recipes
         args.opt = "adamw" if is_transformer(args.backbone) else "adam"
     return args
@@ -354,7 +362,7 @@ def main(args: argparse.Namespace) -> int:
     if args.device == "cuda":
         print(f"device: {torch.cuda.get_device_name()}", flush=True)
     else:
-        print(f"native bf16 on this CPU: {'yes' if native_bf16() else 'no (bf16 is emulated, slower than fp32)'}",
+        print(f"native bf16 on this CPU: {'yes' if cpu_has_native_bf16() else 'no (bf16 is emulated, slower than fp32)'}",
               flush=True)
     print(tcmalloc_status(), flush=True)
     print(f"load average at start: {load_average()}", flush=True)
@@ -408,18 +416,13 @@ def report(args: argparse.Namespace, results: dict, data: dict | None) -> int:
     ]
     for name, a, b in rows:
         print(f"{name:24s}{a:12.1f}{b:12.1f}{b / a if a > 0 else float('nan'):8.2f}")
-    gflop, peaks = naive["step_gflop"], naive["matmul_gflops"]
-    if gflop:
+    if utilisation(naive, naive, args.batch_size):
         print(f"work per training step (image + mirror, forward + backward, matmuls and convolutions): "
-              f"{gflop:.0f} GFLOP; large-matmul ceiling of this device: "
-              + ", ".join(f"{v:.0f} GFLOP/s {k}" for k, v in peaks.items()))
+              f"{naive['step_gflop']:.0f} GFLOP; large-matmul ceiling of this device: "
+              + ", ".join(f"{v:.0f} GFLOP/s {k}" for k, v in naive["matmul_gflops"].items()))
         for name, r in (("naive", naive), ("optimised", fast)):
-            achieved = gflop * r["train_images_per_s"] / args.batch_size
-            precision = "fp32" if r["amp"] == "off" else r["amp"]
-            print(f"  {name:9s} {achieved:6.0f} GFLOP/s = {achieved / peaks[precision]:5.1%} of the "
-                  f"{precision} ceiling")
-        best = max(peaks.values())
-        bound = best / (gflop * naive["train_images_per_s"] / args.batch_size)
+            achieved, precision, share, bound = utilisation(naive, r, args.batch_size)
+            print(f"  {name:9s} {achieved:6.0f} GFLOP/s = {share:5.1%} of the {precision} ceiling")
         print(f"  upper bound on any speedup that keeps this arithmetic (the step at the best ceiling): {bound:.2f}x")
     if data is not None:
         print(f"data pipeline (1 process, 1 thread, decode + train transform): {data['decode']:.0f} img/s; "

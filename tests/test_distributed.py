@@ -25,21 +25,14 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 import engine  # noqa: E402
 from data.sampler import ShardSampler  # noqa: E402
 from losses import MEKLoss, class_weights_from_counts  # noqa: E402
-from models import CAMClassifier, create_backbone  # noqa: E402
 from utils.optim import build_optimizer  # noqa: E402
+
+from tiny_models import small_swin  # noqa: E402
 
 RAF_DB_COUNTS = [1290, 281, 717, 4772, 1982, 705, 2524]
 BATCH, IMG, EVAL_SIZE = 8, 32, 13  # 13 is odd: the shards are 7 and 6 samples
 TIMEOUT = 120
 CPU = torch.device("cpu")
-
-
-def small_swin() -> CAMClassifier:
-    # The registered swin_t (timm Swin: LayerNorm, window attention) at reduced width/depth,
-    # without timm's default stochastic depth so a train-mode step is deterministic.
-    body = create_backbone("swin_t", img_size=IMG, embed_dim=24, depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 4),
-                           drop_path_rate=0.0)
-    return CAMClassifier(body, num_features=body.num_features, num_classes=7)
 
 
 class NoSchedule:
@@ -78,7 +71,7 @@ def one_step(model: torch.nn.Module, module: torch.nn.Module, images: torch.Tens
 def make_payload(path: Path) -> dict:
     torch.manual_seed(0)
     payload = {
-        "state": small_swin().state_dict(),
+        "state": small_swin(IMG).state_dict(),
         "images": torch.randn(BATCH, 3, IMG, IMG),
         "labels": torch.tensor([0, 1, 2, 3, 4, 5, 6, 3]),
         "eval_images": torch.randn(EVAL_SIZE, 3, IMG, IMG),
@@ -96,7 +89,7 @@ def worker(payload_path: str, out_dir: str) -> None:
     info = init_distributed("cpu")
     assert info.world_size == 2, info
     payload = torch.load(payload_path)
-    model = small_swin()
+    model = small_swin(IMG)
     half = BATCH // info.world_size
     shard = slice(info.rank * half, (info.rank + 1) * half)
     result = {}
@@ -157,7 +150,7 @@ def test_ddp_step_on_two_ranks_equals_one_process_on_the_whole_batch(ddp_results
     # result is the gradient of the mean over the whole batch. RSL and RAC use the same
     # class weights on both ranks, and the LayerNorm backbone has no cross-sample terms.
     payload, ranks = ddp_results
-    model = small_swin()
+    model = small_swin(IMG)
     for flip_forward in ("one-pass", "two-pass"):
         model.load_state_dict(payload["state"])
         reference = one_step(model, model, payload["images"], payload["labels"], flip_forward)
@@ -176,7 +169,7 @@ def test_ddp_step_on_two_ranks_equals_one_process_on_the_whole_batch(ddp_results
 def test_sharded_evaluation_counts_every_sample_once_and_equals_one_process(ddp_results):
     payload, ranks = ddp_results
     assert sorted(r["eval"]["shard_size"] for r in ranks) == [6, 7]
-    model = small_swin()
+    model = small_swin(IMG)
     model.load_state_dict(payload["state"])
     loader = DataLoader(IndexedTensors(payload["eval_images"], payload["eval_labels"]), batch_size=4)
     indices, targets, predictions, probs = engine.predict(model, loader, CPU, show_progress=False)

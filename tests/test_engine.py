@@ -16,8 +16,10 @@ from torch import nn
 
 import engine
 from losses import MEKLoss, class_weights_from_counts
-from models import CAMClassifier, build_model, create_backbone
+from models import build_model
 from utils.optim import build_optimizer
+
+from tiny_models import small_swin
 
 RAF_DB_COUNTS = [1290, 281, 717, 4772, 1982, 705, 2524]
 CPU = torch.device("cpu")
@@ -60,16 +62,6 @@ def cosine(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     flat_a = torch.cat([a[k].flatten() for k in sorted(a)])
     flat_b = torch.cat([b[k].flatten() for k in sorted(b)])
     return float(torch.nn.functional.cosine_similarity(flat_a, flat_b, dim=0))
-
-
-def small_swin(img_size: int = 32) -> CAMClassifier:
-    """The registered ``swin_t`` (timm Swin, patch 2, window 7) at a quarter width and half depth:
-    the same LayerNorm/window-attention code as MEK's Swin-T, ~20x cheaper to run in a test."""
-    # timm's Swin defaults to drop_path_rate 0.1 (random per sample in train mode), and
-    # build_model only forwards a rate > 0; ask for 0 explicitly so train mode is deterministic.
-    body = create_backbone("swin_t", img_size=img_size, embed_dim=24, depths=(1, 1, 2, 1),
-                           num_heads=(1, 2, 2, 4), drop_path_rate=0.0)
-    return CAMClassifier(body, num_features=body.num_features, num_classes=7)
 
 
 def test_one_pass_equals_two_passes_for_layernorm_backbone():

@@ -75,12 +75,14 @@ def test_separate_class_weight_powers_for_rsl_and_rac(demo_root, tmp_path, capsy
     assert all(float(rac[c]) == pytest.approx(float(rsl[c]) ** 0.5, abs=2e-4) for c in rsl)
 
 
+def train_subprocess(*args: str) -> subprocess.CompletedProcess:
+    """train.py as a user runs it: its exit status and stderr, not an exception."""
+    return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
 def test_out_of_range_class_weight_power_names_the_flag(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "train.py", "--dataset", "demo", "--data-root", str(tmp_path / "demo"), "--output",
-         str(tmp_path / "out"), "--rsl-class-weight-power", "1.5"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )
+    result = train_subprocess("--dataset", "demo", "--data-root", str(tmp_path / "demo"), "--output",
+                              str(tmp_path / "out"), "--rsl-class-weight-power", "1.5")
     assert result.returncode == 2
     assert "error: --rsl-class-weight-power must be in [0, 1], got 1.5" in result.stderr
     assert "Traceback" not in result.stderr
@@ -93,10 +95,7 @@ def test_ablation_flags_select_terms(demo_root, tmp_path):
 
 
 def test_bad_input_is_one_clear_message_without_traceback(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "train.py", "--dataset", "raf-db", "--data-root", str(tmp_path / "missing"), "--output",
-         str(tmp_path / "out"), "--workers", "0"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )
+    result = train_subprocess("--dataset", "raf-db", "--data-root", str(tmp_path / "missing"), "--output",
+                              str(tmp_path / "out"), "--workers", "0")
     assert result.returncode == 2
     assert "error: RAF-DB root not found" in result.stderr and "Traceback" not in result.stderr
