@@ -64,16 +64,16 @@ def autocast(device: torch.device, amp: str):
 def forward_with_mirror(model: nn.Module, images: torch.Tensor, need_mirror: bool, one_pass: bool):
     """Return (logits of the images, their attention maps, attention maps of their mirrors or None)."""
     if not need_mirror:
-        out = model(images)
+        out = model(images, with_maps=True)
         return out.logits, out.attention_maps, None
     mirrored = torch.flip(images, dims=[3])
     if one_pass:
         # Equivalent to two passes for LayerNorm backbones; BatchNorm sees 2B samples at once.
-        out = model(torch.cat([images, mirrored], dim=0))
+        out = model(torch.cat([images, mirrored], dim=0), with_maps=True)
         maps, mirror_maps = out.attention_maps.chunk(2, dim=0)
         return out.logits[: images.shape[0]], maps, mirror_maps
-    out = model(images)
-    mirror_out = model(mirrored)
+    out = model(images, with_maps=True)
+    mirror_out = model(mirrored, with_maps=True)
     return out.logits, out.attention_maps, mirror_out.attention_maps
 
 

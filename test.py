@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 import engine
 from data import DatasetError, build_dataset
 from data.transforms import AugmentConfig, build_eval_transform
-from models import build_model
+from models import build_model_from_config
 from train import NORMALISATIONS, resolve_device, worker_error_message
 from utils.checkpoint import CheckpointError, check_model_fits, load_checkpoint
 from utils.logging import error_exit
@@ -79,7 +79,7 @@ def main(args: argparse.Namespace) -> dict:
     if not dataset or not data_root:
         error_exit(f"{args.checkpoint} does not record its dataset; pass --dataset and --data-root")
 
-    model = build_model(model_config["backbone"], model_config["num_classes"], model_config["img_size"])
+    model = build_model_from_config(model_config)
     check_model_fits(state["model"], model, args.checkpoint, model_config)
     model.load_state_dict(state["model"])
     model.to(device)

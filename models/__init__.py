@@ -18,6 +18,12 @@ def build_model(backbone: str, num_classes: int, img_size: int, drop_path_rate: 
     return CAMClassifier(body, num_features=body.num_features, num_classes=num_classes)
 
 
+def build_model_from_config(model_config: dict) -> nn.Module:
+    """Rebuild the model a checkpoint's ``model_config`` describes (weights not loaded)."""
+    return build_model(model_config["backbone"], num_classes=model_config["num_classes"],
+                       img_size=model_config["img_size"])
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -27,6 +33,7 @@ __all__ = [
     "CAMClassifier",
     "ModelOutput",
     "build_model",
+    "build_model_from_config",
     "count_parameters",
     "create_backbone",
     "feature_map",
