@@ -4,8 +4,9 @@ Every dataset in ``data/`` parses its own layout into a list of (path, label) an
 list, and hands them to :class:`ImageListDataset`, which does the rest the same way for all.
 
 Augmentation randomness is seeded per sample: the sampler passes ``(index, seed)`` and the
-transform runs under that seed, so a sample's augmentation does not depend on the number
-of workers, the batch it lands in, or whether the run was resumed mid-epoch.
+transform runs with Python's, torch's and NumPy's global generators seeded from it, so a
+sample's augmentation does not depend on the number of workers, the batch it lands in, or
+whether the run was resumed mid-epoch.
 """
 from __future__ import annotations
 
@@ -118,13 +119,26 @@ class ImageListDataset(Dataset):
 def _seeded(transform: Callable, image: Image.Image, seed: int | None):
     if seed is None:
         return transform(image)
-    # timm/torchvision transforms draw from Python's and torch's global CPU RNGs; run them
-    # under the sample's seed and restore the caller's streams afterwards.
+    # The transforms draw from three global generators: Python's (timm's crop, RandAugment's
+    # op probability and magnitude noise, random erasing's box), torch's CPU one (flips,
+    # colour jitter, erasing's pixel noise) and NumPy's legacy one (RandAugment's choice of
+    # ops: np.random.choice). DataLoader workers seed all three from the loader's base seed,
+    # so each is run under the sample's seed here and the caller's streams are restored after.
+    # (None of timm's or torchvision's transforms uses NumPy's Generator API, whose unseeded
+    # default_rng() could not be reached from here.)
     py_state = random.getstate()
+    np_state = np.random.get_state()
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)  # CPU only: leave CUDA streams alone
         random.seed(seed)
+        np.random.seed(_numpy_seed(seed))
         try:
             return transform(image)
         finally:
             random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+def _numpy_seed(seed: int) -> list[int]:
+    """NumPy's legacy seeding takes 32-bit words: all 64 bits of the sample seed, low word first."""
+    return [seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF]
