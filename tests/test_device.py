@@ -1,24 +1,107 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 import torch
 
 from utils import device as device_utils
 
+ROOT = Path(__file__).resolve().parent.parent
+MILAN = "model name\t: AMD EPYC 7763\nflags\t\t: fpu avx avx2 fma sha_ni vaes\n"
+SAPPHIRE_RAPIDS = "model name\t: Intel Xeon Platinum 8480+\nflags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile\n"
+CPU = torch.device("cpu")
+
 
 def test_native_bf16_from_cpuinfo_flags():
     ice_lake = "flags\t\t: fpu avx512f avx512_vnni avx512_bitalg avx512_vbmi2\n"
-    sapphire_rapids = "flags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile\n"
     graviton3 = "Features\t: fp asimd sve bf16 i8mm\n"
     assert not device_utils.cpu_has_native_bf16(ice_lake)
-    assert device_utils.cpu_has_native_bf16(sapphire_rapids)
+    assert not device_utils.cpu_has_native_bf16(MILAN)
+    assert device_utils.cpu_has_native_bf16(SAPPHIRE_RAPIDS)
     assert device_utils.cpu_has_native_bf16(graviton3)
     # A flag that merely contains the letters does not count.
     assert not device_utils.cpu_has_native_bf16("flags : avx512_bf16x\n")
 
 
 def test_slow_amp_warning_only_for_emulated_bf16_on_cpu(monkeypatch):
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    cuda = torch.device("cuda")
     monkeypatch.setattr(device_utils, "cpu_has_native_bf16", lambda cpuinfo=None: False)
-    assert "emulated" in device_utils.slow_amp_warning(cpu, "bf16")
-    assert device_utils.slow_amp_warning(cpu, "off") is None
+    assert "emulated" in device_utils.slow_amp_warning(CPU, "bf16")
+    assert device_utils.slow_amp_warning(CPU, "off") is None
     assert device_utils.slow_amp_warning(cuda, "bf16") is None
     monkeypatch.setattr(device_utils, "cpu_has_native_bf16", lambda cpuinfo=None: True)
-    assert device_utils.slow_amp_warning(cpu, "bf16") is None
+    assert device_utils.slow_amp_warning(CPU, "bf16") is None
+
+
+def never(*_):
+    raise AssertionError("the probe must not run")
+
+
+def test_explicit_amp_always_wins(tmp_path):
+    for amp in ("off", "bf16", "fp16"):
+        chosen, reason = device_utils.resolve_amp(amp, CPU, probe=never, cache_dir=tmp_path, cpuinfo=SAPPHIRE_RAPIDS)
+        assert chosen == amp and "requested" in reason
+    with pytest.raises(ValueError):
+        device_utils.resolve_amp("fp8", CPU)
+
+
+def test_auto_on_a_cpu_without_bf16_flags_is_fp32_without_probing(tmp_path):
+    amp, reason = device_utils.resolve_amp("auto", CPU, probe=never, cache_dir=tmp_path, cpuinfo=MILAN)
+    assert amp == "off" and "AMD EPYC 7763" in reason and "emulated" in reason
+    assert not (tmp_path / "device_probe.json").exists()
+
+
+@pytest.mark.parametrize("ratio, expected", [(0.45, "off"), (1.05, "off"), (1.6, "bf16")])
+def test_auto_on_a_bf16_cpu_follows_the_probe_and_caches_it(tmp_path, ratio, expected):
+    calls = []
+
+    def probe():
+        calls.append(1)
+        return ratio
+
+    amp, reason = device_utils.resolve_amp("auto", CPU, probe=probe, cache_dir=tmp_path, cpuinfo=SAPPHIRE_RAPIDS)
+    assert amp == expected and f"{ratio:.2f}x fp32 speed on Intel Xeon Platinum 8480+" in reason
+    assert ("using bf16" if expected == "bf16" else "using fp32") in reason
+    # The second call reads the cache: same answer, no probe.
+    amp2, reason2 = device_utils.resolve_amp("auto", CPU, probe=never, cache_dir=tmp_path, cpuinfo=SAPPHIRE_RAPIDS)
+    assert amp2 == expected and "cached" in reason2 and len(calls) == 1
+
+
+def test_probe_cache_is_per_machine_and_survives_corruption(tmp_path):
+    other = SAPPHIRE_RAPIDS.replace("8480+", "8592+").replace(" amx_bf16 amx_tile", "")
+    device_utils.resolve_amp("auto", CPU, probe=lambda: 2.0, cache_dir=tmp_path, cpuinfo=SAPPHIRE_RAPIDS)
+    # Another CPU model (with other flags) is a cache miss: probed again.
+    amp, _ = device_utils.resolve_amp("auto", CPU, probe=lambda: 0.5, cache_dir=tmp_path, cpuinfo=other)
+    assert amp == "off"
+    assert len(json.loads((tmp_path / "device_probe.json").read_text())) == 2
+    for garbage in ("{not json", "[1, 2]", '{"bf16": "x"}', ""):
+        (tmp_path / "device_probe.json").write_text(garbage)
+        amp, reason = device_utils.resolve_amp("auto", CPU, probe=lambda: 1.5, cache_dir=tmp_path,
+                                               cpuinfo=SAPPHIRE_RAPIDS)
+        assert amp == "bf16" and "cached" not in reason
+    # A cache entry with a nonsense ratio is measured again.
+    path = tmp_path / "device_probe.json"
+    path.write_text(json.dumps({k: {"ratio": -1} for k in json.loads(path.read_text())}))
+    assert device_utils.resolve_amp("auto", CPU, probe=lambda: 0.9, cache_dir=tmp_path,
+                                    cpuinfo=SAPPHIRE_RAPIDS)[0] == "off"
+
+
+def test_cache_location_follows_xdg_cache_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert device_utils.probe_cache_path() == tmp_path / "fer-mek" / "device_probe.json"
+
+
+def test_real_probe_returns_a_positive_ratio_quickly():
+    # bf16 over fp32 speed on whatever CPU runs the tests; only its sanity is checkable here.
+    ratio = device_utils.bf16_probe(budget_s=0.1)
+    assert 0.01 < ratio < 100
+
+
+def test_choose_amp_cli_prints_one_word(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "utils.device", "--choose-amp", "--device", "cpu", "--amp", "off"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120,
+                         env={"XDG_CACHE_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "off\n" and "requested" in run.stderr
