@@ -1,12 +1,15 @@
-"""Training and evaluation loops.
+"""Training and evaluation loops, the same for every method.
 
-One training step: the batch and its exact horizontal mirror go through the model (in one
-forward pass over the concatenated batch by default), the criterion returns the total loss
-and each term, and the optimiser steps under optional mixed precision.
+One training step: the method's ``training_step`` runs the forwards it needs and returns its
+loss terms (the total under ``"loss"``); the engine owns mixed precision, backward, gradient
+scaling and clipping, the non-finite guard (the same decision on every DDP rank), the
+running sums of the terms (kept on the device, synchronised only when logged) and progress.
 """
 from __future__ import annotations
 
 import contextlib
+import sys
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -31,14 +34,17 @@ class NonFiniteLossError(RuntimeError):
 class StepOptions:
     amp: str = "off"  # off | bf16 | fp16
     channels_last: bool = False
-    flip_forward: str = "one-pass"  # one-pass | two-pass
     clip_grad: float | None = None
     skip_nonfinite: bool = False
 
 
 @dataclass
 class TrainProgress:
-    """Where training is, and the running sums of the current epoch (saved in checkpoints)."""
+    """Where training is, and the running sums of the current epoch (saved in checkpoints).
+
+    The loss terms of each step are added on the device (float64, so the sums equal those of
+    Python floats) and copied to the host only when read: one sync per log, not per step.
+    """
 
     epoch: int = 0
     step: int = 0
@@ -47,11 +53,32 @@ class TrainProgress:
     batches: int = 0
     skipped_nonfinite: int = 0
 
+    def __post_init__(self) -> None:
+        self._pending: dict[str, torch.Tensor] = {}
+
     def start_epoch(self, epoch: int) -> None:
         self.epoch, self.batch_in_epoch, self.sums, self.batches = epoch, 0, {}, 0
+        self._pending = {}
+
+    def add_terms(self, terms: dict[str, torch.Tensor]) -> None:
+        for name, value in terms.items():
+            value = value.detach().to(torch.float64)
+            self._pending[name] = self._pending[name] + value if name in self._pending else value
+        self.batches += 1
+
+    def _sync(self) -> None:
+        for name, value in self._pending.items():
+            self.sums[name] = self.sums.get(name, 0.0) + float(value)
+        self._pending = {}
 
     def averages(self) -> dict[str, float]:
+        self._sync()
         return {k: v / max(self.batches, 1) for k, v in self.sums.items()}
+
+    def state_dict(self) -> dict:
+        self._sync()
+        return {"epoch": self.epoch, "step": self.step, "batch_in_epoch": self.batch_in_epoch,
+                "sums": dict(self.sums), "batches": self.batches, "skipped_nonfinite": self.skipped_nonfinite}
 
 
 def autocast(device: torch.device, amp: str):
@@ -61,34 +88,46 @@ def autocast(device: torch.device, amp: str):
     return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
 
 
-def forward_with_mirror(model: nn.Module, images: torch.Tensor, need_mirror: bool, one_pass: bool):
-    """Return (logits of the images, their attention maps, attention maps of their mirrors or None)."""
-    if not need_mirror:
-        out = model(images, with_maps=True)
-        return out.logits, out.attention_maps, None
-    mirrored = torch.flip(images, dims=[3])
-    if one_pass:
-        # Equivalent to two passes for LayerNorm backbones; BatchNorm sees 2B samples at once.
-        out = model(torch.cat([images, mirrored], dim=0), with_maps=True)
-        maps, mirror_maps = out.attention_maps.chunk(2, dim=0)
-        return out.logits[: images.shape[0]], maps, mirror_maps
-    out = model(images, with_maps=True)
-    mirror_out = model(mirrored, with_maps=True)
-    return out.logits, out.attention_maps, mirror_out.attention_maps
-
-
-def compute_loss(model, criterion, images, labels, device, options: StepOptions) -> dict[str, torch.Tensor]:
+def compute_loss(model: nn.Module, method, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
+                 options: StepOptions) -> dict[str, torch.Tensor]:
+    """The method's loss terms for one batch, under the run's mixed precision."""
     with autocast(device, options.amp):
-        logits, maps, mirror_maps = forward_with_mirror(
-            model, images, criterion.needs_flipped_view, options.flip_forward == "one-pass"
-        )
-    # Losses in fp32 whatever the autocast dtype.
-    return criterion(logits.float(), labels, maps.float(), None if mirror_maps is None else mirror_maps.float())
+        return method.training_step(model, images, labels)
+
+
+class StepReporter:
+    """A tqdm bar on a terminal; one plain line every ``log_interval`` steps otherwise, so a
+    run redirected to a file is not flooded with bar redraws."""
+
+    def __init__(self, total: int | None, initial: int, desc: str, enabled: bool, log_interval: int = 50) -> None:
+        self.enabled, self.log_interval, self.desc, self.total = enabled, log_interval, desc, total
+        self.tty = enabled and sys.stderr.isatty()
+        self.bar = tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True) if self.tty else None
+        self.start = time.time()
+
+    def update(self, step: int, loss: torch.Tensor, lr: float) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(1)
+            if step % 10 == 0:  # a host sync for the displayed loss, not every step
+                self.bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{lr:.2e}")
+        elif self.log_interval and step % self.log_interval == 0:
+            rate = self.log_interval / max(time.time() - self.start, 1e-9)
+            self.start = time.time()
+            print(f"{self.desc} step {step} loss {float(loss.detach()):.4f} lr {lr:.2e} ({rate:.2f} steps/s)", flush=True)
+
+    def write(self, message: str) -> None:
+        (self.bar.write if self.bar is not None else print)(message)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def train_one_epoch(
     model: nn.Module,
-    criterion: nn.Module,
+    method,
     loader: Iterable,
     optimizer: torch.optim.Optimizer,
     scheduler,
@@ -100,22 +139,21 @@ def train_one_epoch(
     on_step: Callable[[TrainProgress], None] | None = None,
     show_progress: bool = True,
     total_batches: int | None = None,
+    log_interval: int = 50,
 ) -> None:
     """Train from ``progress`` (possibly mid-epoch) to the end of the loader or ``max_steps``."""
     model.train()
-    bar = tqdm(loader, total=total_batches, desc=f"train {progress.epoch}", disable=not show_progress, leave=False,
-               dynamic_ncols=True, initial=progress.batch_in_epoch)
+    reporter = StepReporter(total_batches, progress.batch_in_epoch, f"train {progress.epoch}", show_progress, log_interval)
     memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
-    for images, labels, _ in bar:
+    for images, labels, _ in loader:
         if progress.step >= max_steps or (total_batches is not None and progress.batch_in_epoch >= total_batches):
             break
         scheduler.step_update(progress.step)
-        if hasattr(criterion, "set_step"):
-            criterion.set_step(progress.step)
+        method.set_step(progress.step)
         images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
         labels = labels.to(device, non_blocking=True)
 
-        terms = compute_loss(model, criterion, images, labels, device, options)
+        terms = compute_loss(model, method, images, labels, device, options)
         loss = terms["loss"]
         if not _finite_on_all_ranks(loss):
             bad = [k for k, v in terms.items() if k != "loss" and not torch.isfinite(v)] or ["loss"]
@@ -123,7 +161,7 @@ def train_one_epoch(
                 raise NonFiniteLossError(progress.step, bad)
             progress.skipped_nonfinite += 1
             optimizer.zero_grad(set_to_none=True)
-            bar.write(f"warning: skipped batch at step {progress.step}: non-finite {', '.join(bad)}")
+            reporter.write(f"warning: skipped batch at step {progress.step}: non-finite {', '.join(bad)}")
         else:
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
@@ -136,16 +174,13 @@ def train_one_epoch(
                 loss.backward()
                 _clip(model, options.clip_grad)
                 optimizer.step()
-            for name, value in terms.items():
-                progress.sums[name] = progress.sums.get(name, 0.0) + float(value.detach())
-            progress.batches += 1
+            progress.add_terms(terms)
         progress.step += 1
         progress.batch_in_epoch += 1
-        if show_progress:
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+        reporter.update(progress.step, loss, optimizer.param_groups[0]["lr"])
         if on_step is not None:
             on_step(progress)
-    bar.close()
+    reporter.close()
 
 
 def _finite_on_all_ranks(loss: torch.Tensor) -> bool:
@@ -163,16 +198,25 @@ def _clip(model: nn.Module, max_norm: float | None) -> None:
 
 @torch.no_grad()
 def predict(model: nn.Module, loader: Iterable, device: torch.device, amp: str = "off",
-            channels_last: bool = False, show_progress: bool = True):
-    """Return (indices, targets, predictions, probabilities) over the loader, gathered over ranks."""
+            channels_last: bool = False, show_progress: bool = True,
+            eval_logits: Callable[[torch.Tensor], torch.Tensor] | None = None):
+    """Return (indices, targets, predictions, probabilities) over the loader, gathered over ranks.
+
+    ``eval_logits`` is the method's prediction rule (post-hoc logit adjustment); the
+    probabilities are the softmax of what it returns. No attention maps are computed.
+    """
     model.eval()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     indices, targets, probs = [], [], []
-    for images, labels, index in tqdm(loader, desc="eval", disable=not show_progress, leave=False, dynamic_ncols=True):
+    for images, labels, index in tqdm(loader, desc="eval", disable=not (show_progress and sys.stderr.isatty()),
+                                      leave=False, dynamic_ncols=True):
         images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
         with autocast(device, amp):
             logits = model(images).logits
-        probs.append(torch.softmax(logits.float(), dim=1))
+        logits = logits.float()
+        if eval_logits is not None:
+            logits = eval_logits(logits)
+        probs.append(torch.softmax(logits, dim=1))
         targets.append(labels.to(device))
         indices.append(index.to(device))
     num_classes = probs[0].shape[1] if probs else 0
@@ -184,8 +228,8 @@ def predict(model: nn.Module, loader: Iterable, device: torch.device, amp: str =
 
 
 def evaluate(model: nn.Module, loader: Iterable, device: torch.device, num_classes: int, amp: str = "off",
-             channels_last: bool = False, show_progress: bool = True) -> dict:
+             channels_last: bool = False, show_progress: bool = True,
+             eval_logits: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:
     """Overall, mean-class and per-class accuracy, macro-F1 and confusion matrix over the whole set."""
-    _, targets, predictions, _ = predict(model, loader, device, amp, channels_last, show_progress)
+    _, targets, predictions, _ = predict(model, loader, device, amp, channels_last, show_progress, eval_logits)
     return classification_metrics(targets.tolist(), predictions.tolist(), num_classes)
-

@@ -1,8 +1,8 @@
-"""Train a facial expression classifier with MEK (re-balanced smooth labels + re-balanced
-attention consistency) or any of its ablations.
+"""Train a facial expression classifier with any registered method (``--method``, default MEK).
 
     python train.py --dataset raf-db --data-root dataset/raf-basic --backbone resnet18 \
-        --rsl-eps 0.3 --rac-weight 0.1 --output output/mek_r18
+        --method mek --rsl-eps 0.3 --rac-weight 0.1 --output output/mek_r18
+    python train.py --method NAME --help      # that method's flags
 
 Single process, or one process per device under ``torchrun --nproc_per_node N train.py ...``.
 """
@@ -19,11 +19,13 @@ import torch
 from torch.utils.data import DataLoader
 
 import engine
-from data import DEFAULT_ROOTS, DatasetError, build_dataset
+from data import DATASETS, DEFAULT_ROOTS, DatasetError, build_dataset
 from data.sampler import ResumableSampler, ShardSampler
 from data.transforms import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, build_eval_transform, build_train_transform
-from losses import MEKLoss, class_weights_from_counts, target_mass_per_class
-from models import build_model, count_parameters
+from losses.class_prior import ClassPrior
+from methods import METHODS, TrainSchedule, add_method_args, build_method, check_foreign_flags, get_method_class
+from methods.mirror import resolve_flip_forward
+from models import HEADS, build_model, count_parameters
 from utils.checkpoint import (
     CheckpointError,
     capture_rng_state,
@@ -41,8 +43,10 @@ from utils.optim import build_optimizer, build_scheduler, load_optimizer_state
 NORMALISATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "half": ((0.5,) * 3, (0.5,) * 3)}
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("MEK training", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def get_args_parser(method: str = "mek") -> argparse.ArgumentParser:
+    """Every common flag, plus the flags of ``method`` (one argument group)."""
+    p = argparse.ArgumentParser("FER training", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--method", default="mek", help=f"training method: {', '.join(METHODS)} (registry: methods/)")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="raf-db",
                    help="raf-db | folder | ferplus | ferplus-private | affectnet | demo (registry: data/__init__.py)")
@@ -71,24 +75,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--allow-partial", action="store_true", help="accept pretrained weights that cover < 95%% of the backbone")
     g.add_argument("--drop-path", type=float, default=None,
                    help="stochastic depth rate; default: the backbone's own (timm: 0.1 for Swin-T, 0 for ResNets)")
+    g.add_argument("--head", default=None, choices=sorted(HEADS),
+                   help="classification head (default: the method's own; registry: models/heads.py)")
     g.add_argument("--init-checkpoint", default=None,
                    help="start from the full model (backbone and head) of a checkpoint of this codebase; "
                         "optimiser and schedule start fresh (warm start / fine-tuning)")
-
-    g = p.add_argument_group("method (MEK)")
-    g.add_argument("--rsl-eps", type=float, default=0.3, help="re-balanced smooth labels epsilon; 0 = cross-entropy")
-    g.add_argument("--rac-weight", type=float, default=0.1, help="lambda of re-balanced attention consistency; 0 = off")
-    g.add_argument("--class-weight-power", type=float, default=1.0,
-                   help="temper the class weights: w_k = (N / (10 n_k)) ** power, power in [0, 1]; 1 = paper")
-    g.add_argument("--rsl-class-weight-power", type=float, default=None,
-                   help="the power for RSL's weights only (default: --class-weight-power)")
-    g.add_argument("--rac-class-weight-power", type=float, default=None,
-                   help="the power for RAC's weights only (default: --class-weight-power)")
-    g.add_argument("--mek-start-step", type=int, default=0,
-                   help="plain cross-entropy before this step, then RSL and RAC (deferred start; 0 = paper)")
-    g.add_argument("--mek-start-epoch", type=int, default=None, help="the same in epochs (overrides --mek-start-step)")
-    g.add_argument("--mek-ramp-steps", type=int, default=0,
-                   help="after the start, ramp eps and lambda linearly to their values over N steps (0 = at once)")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, default=32, help="per process")
@@ -99,6 +90,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr-base-batch", type=int, default=None,
                    help="if set, --lr, --warmup-lr and --min-lr are per this total batch and scaled linearly")
     g.add_argument("--weight-decay", type=float, default=1e-4)
+    g.add_argument("--weight-decay-scope", choices=["filtered", "all"], default="filtered",
+                   help="filtered: no decay on biases and norms (timm); all: every parameter, as the official "
+                        "MEK and EAC optimisers do")
     g.add_argument("--momentum", type=float, default=0.9)
     g.add_argument("--fused-opt", action=argparse.BooleanOptionalAction, default=True,
                    help="torch's fused Adam/AdamW/SGD kernel (same update rule, one pass over the parameters)")
@@ -113,8 +107,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto = CUDA when present")
     g.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off", help="mixed precision (fp16 needs CUDA)")
     g.add_argument("--channels-last", action="store_true", help="channels-last memory format (CNNs)")
-    g.add_argument("--flip-forward", choices=["one-pass", "two-pass"], default="one-pass",
-                   help="image and mirror in one forward pass, or two (BatchNorm statistics differ slightly)")
+    g.add_argument("--flip-forward", choices=["auto", "one-pass", "two-pass"], default="auto",
+                   help="image and mirror (attention terms) in one forward pass or two; auto: one pass where it is "
+                        "exact (no BatchNorm), two otherwise (the paper's procedure)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes")
     g.add_argument("--eval-batch-size", type=int, default=None, help="default: 2x --batch-size")
@@ -128,7 +123,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--save-interval", type=int, default=200, help="write last.pth every N steps within an epoch (0 = off)")
     g.add_argument("--skip-nonfinite", action="store_true", help="skip batches with a NaN/Inf loss (counted) instead of stopping")
     g.add_argument("--dry-run", action="store_true", help="build everything, run one batch, print a summary and exit")
-    g.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars or progress lines")
+    g.add_argument("--log-interval", type=int, default=50,
+                   help="when output is not a terminal, one progress line every N steps instead of a bar")
+
+    add_method_args(p, method)
     return p
 
 
@@ -148,14 +147,7 @@ def check_args(args: argparse.Namespace) -> None:
             error_exit(f"--{flag.replace('_', '-')} must be positive")
     if args.steps is not None and args.steps <= 0:
         error_exit("--steps must be positive")
-    if not 0 <= args.rsl_eps < 1:
-        error_exit(f"--rsl-eps must be in [0, 1), got {args.rsl_eps}")
-    if args.rac_weight < 0:
-        error_exit(f"--rac-weight must be >= 0, got {args.rac_weight}")
-    for flag in ("class_weight_power", "rsl_class_weight_power", "rac_class_weight_power"):
-        value = getattr(args, flag)
-        if value is not None and not 0 <= value <= 1:
-            error_exit(f"--{flag.replace('_', '-')} must be in [0, 1], got {value}")
+    get_method_class(args.method).check_args(args)
 
 
 def prepare_output(args: argparse.Namespace, main: bool) -> None:
@@ -183,6 +175,8 @@ def build_data(args: argparse.Namespace, dist_info: DistInfo):
         color_jitter=args.color_jitter, auto_augment=args.auto_augment, interpolation=args.interpolation,
         reprob=args.reprob, remode=args.remode, re_max_area=args.re_max_area,
     )
+    if args.dataset not in DATASETS:
+        error_exit(f"--dataset {args.dataset!r} is unknown; choose from {', '.join(sorted(DATASETS))}")
     root = args.data_root or DEFAULT_ROOTS.get(args.dataset)
     if root is None:
         error_exit(f"--data-root is required for --dataset {args.dataset}")
@@ -206,11 +200,6 @@ def build_data(args: argparse.Namespace, dist_info: DistInfo):
     test_loader = DataLoader(test_set, batch_size=args.eval_batch_size or 2 * args.batch_size,
                              sampler=ShardSampler(len(test_set), dist_info.rank, dist_info.world_size), **loader_kw)
     return train_set, test_set, train_sampler, train_loader, test_loader
-
-
-def describe_weights(term: str, power: float, classes: list[str], weights: torch.Tensor) -> str:
-    formula = "N/(10 n_k)" if power == 1 else f"(N/(10 n_k))^{power:g}"
-    return f"{term}class weights {formula}: " + ", ".join(f"{c}={w:.4f}" for c, w in zip(classes, weights.tolist()))
 
 
 def format_eval(metrics: dict, classes: list[str]) -> str:
@@ -237,18 +226,20 @@ def main(args: argparse.Namespace) -> None:
     if empty:
         error_exit(f"{train_set.source}: class(es) {', '.join(empty)} have no training samples; "
                    "the class weights N/(10 n_k) need every class (check the dataset, or --num-classes)")
-    # RSL's and RAC's weights: the same unless one term's power is set on its own.
-    rsl_power, rac_power = (args.class_weight_power if power is None else power
-                            for power in (args.rsl_class_weight_power, args.rac_class_weight_power))
-    rsl_class_weights = class_weights_from_counts(counts, power=rsl_power)
-    rac_class_weights = class_weights_from_counts(counts, power=rac_power)
     steps_per_epoch = len(train_set) // (args.batch_size * dist_info.world_size)
     if steps_per_epoch == 0:
         error_exit(f"the training set has {len(train_set)} images, fewer than one batch of {args.batch_size * dist_info.world_size}")
     total_steps = args.steps or args.epochs * steps_per_epoch
     num_epochs = math.ceil(total_steps / steps_per_epoch)
+    prior = ClassPrior.from_counts(counts, classes)
 
-    model = build_model(args.backbone, num_classes=len(classes), img_size=args.img_size, drop_path_rate=args.drop_path)
+    method_cls = get_method_class(args.method)
+    head = args.head or method_cls.head
+    if method_cls.allowed_heads is not None and head not in method_cls.allowed_heads:
+        error_exit(f"--method {args.method} cannot use --head {head}; it needs {' or '.join(method_cls.allowed_heads)}")
+    model = build_model(args.backbone, num_classes=len(classes), img_size=args.img_size, drop_path_rate=args.drop_path,
+                        head=head)
+    args.flip_forward = resolve_flip_forward(args.flip_forward, model)
     if args.pretrained:
         from models.pretrained import PretrainedLoadError, load_pretrained_backbone
 
@@ -274,51 +265,40 @@ def main(args: argparse.Namespace) -> None:
     if args.compile:
         model = torch.compile(model)
 
-    start_step = args.mek_start_step if args.mek_start_epoch is None else args.mek_start_epoch * steps_per_epoch
-    criterion = MEKLoss(rsl_class_weights, rsl_eps=args.rsl_eps, rac_weight=args.rac_weight,
-                        start_step=start_step, ramp_steps=args.mek_ramp_steps,
-                        rac_class_weights=rac_class_weights).to(device)
+    method = build_method(args.method, args, prior, TrainSchedule(steps_per_epoch, total_steps)).to(device)
     lr_scale = (args.batch_size * dist_info.world_size / args.lr_base_batch) if args.lr_base_batch else 1.0
     optimizer = build_optimizer(model_without_ddp, args.opt, args.lr * lr_scale, args.weight_decay, args.momentum,
-                                fused=args.fused_opt)
+                                fused=args.fused_opt, decay_all=args.weight_decay_scope == "all",
+                                param_groups=method.param_groups(model_without_ddp, args.lr * lr_scale, args.weight_decay))
     scheduler = build_scheduler(optimizer, args.sched, total_steps, steps_per_epoch, args.warmup_steps,
                                 args.warmup_lr * lr_scale, args.min_lr * lr_scale, args.decay_rate)
     scaler = torch.amp.GradScaler("cuda") if args.amp == "fp16" else None
-    options = engine.StepOptions(amp=args.amp, channels_last=args.channels_last, flip_forward=args.flip_forward,
-                                 clip_grad=args.clip_grad, skip_nonfinite=args.skip_nonfinite)
+    options = engine.StepOptions(amp=args.amp, channels_last=args.channels_last, clip_grad=args.clip_grad,
+                                 skip_nonfinite=args.skip_nonfinite)
 
-    mass = target_mass_per_class(counts, rsl_class_weights, args.rsl_eps)
     summary = [
         f"dataset {args.dataset} at {args.data_root}: {len(train_set)} train / {len(test_set)} test images",
         "train counts: " + ", ".join(f"{c}={n}" for c, n in zip(classes, counts)),
         "test counts:  " + ", ".join(f"{c}={n}" for c, n in zip(classes, test_set.class_counts())),
-        *(describe_weights(term, power, classes, weights) for term, power, weights in
-          ([("", rsl_power, rsl_class_weights)] if rsl_power == rac_power else
-           [("RSL ", rsl_power, rsl_class_weights), ("RAC ", rac_power, rac_class_weights)])),
-        "RSL target mass vs share of images: " + ", ".join(
-            f"{c}={m * 100:.1f}%/{n / len(train_set) * 100:.1f}%" for c, m, n in zip(classes, mass, counts)),
-        f"model {args.backbone} @ {args.img_size}px: {count_parameters(model_without_ddp) / 1e6:.2f}M parameters, "
-        f"{len(classes)} classes; device {device}, amp {args.amp}, world size {dist_info.world_size}",
-        f"loss: RSL eps={args.rsl_eps} + {args.rac_weight} x RAC (from step {start_step}); {total_steps} steps "
-        f"({steps_per_epoch}/epoch, {num_epochs} epochs), lr {args.lr * lr_scale:.3g} ({args.opt}, {args.sched})",
+        *prior.describe(),
+        *method.describe(),
+        f"model {args.backbone} + {head} head @ {args.img_size}px: {count_parameters(model_without_ddp) / 1e6:.2f}M "
+        f"parameters, {len(classes)} classes; device {device}, amp {args.amp}, world size {dist_info.world_size}, "
+        f"mirror {args.flip_forward}",
+        f"{total_steps} steps ({steps_per_epoch}/epoch, {num_epochs} epochs), lr {args.lr * lr_scale:.3g} "
+        f"({args.opt}, {args.sched}, weight decay {args.weight_decay} on {args.weight_decay_scope} parameters)",
     ]
     amp_warning = slow_amp_warning(device, args.amp)
     if amp_warning:
         summary.append(amp_warning)
-    top = max(range(len(mass)), key=mass.__getitem__)
-    if args.rsl_eps > 0 and top != max(range(len(counts)), key=counts.__getitem__):
-        summary.append(
-            f"warning: RSL gives {classes[top]} the most target mass ({mass[top] * 100:.1f}%) although it is "
-            f"{counts[top] / len(train_set) * 100:.1f}% of the images; the head may over-predict it "
-            "(consider --class-weight-power 0.5, --rsl-class-weight-power 0.5 or a smaller --rsl-eps; "
-            "see README, FER2013)")
     if args.dry_run:
         if dist_info.is_main:
             print("\n".join(summary), flush=True)
         train_sampler.set_epoch(0)
         images, labels, _ = next(iter(train_loader))
         model.train()
-        terms = engine.compute_loss(model, criterion, images.to(device), labels.to(device), device, options)
+        method.set_step(0)
+        terms = engine.compute_loss(model, method, images.to(device), labels.to(device), device, options)
         terms["loss"].backward()
         if dist_info.is_main:
             print("dry run: one batch of", tuple(images.shape), "->",
@@ -344,11 +324,11 @@ def main(args: argparse.Namespace) -> None:
     else:
         for line in summary:
             logger.info(line)
-    config = {**vars(args), "classes": classes, "train_counts": counts, "class_weights": rsl_class_weights.tolist(),
-              "rac_class_weights": rac_class_weights.tolist(),
+    config = {**vars(args), "head": head, "classes": classes, "train_counts": counts,
+              "method_settings": method.settings(),
               "code_version": code_version(), "total_steps": total_steps, "steps_per_epoch": steps_per_epoch}
     logger.write_config(config)
-    model_config = {"backbone": args.backbone, "num_classes": len(classes), "img_size": args.img_size,
+    model_config = {"backbone": args.backbone, "head": head, "num_classes": len(classes), "img_size": args.img_size,
                     "classes": classes, "norm": args.norm, "interpolation": args.interpolation}
 
     def checkpoint_state(progress: engine.TrainProgress, metrics: dict | None = None) -> dict:
@@ -357,10 +337,10 @@ def main(args: argparse.Namespace) -> None:
     def checkpoint_state_local(progress: engine.TrainProgress, metrics: dict | None = None) -> dict:
         return {
             "model": model_without_ddp.state_dict(), "model_config": model_config, "config": config,
-            "backbone": args.backbone,
+            "backbone": args.backbone, "method": {"name": args.method, "settings": method.settings()},
             "code_version": config["code_version"], "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
-            "progress": vars(progress).copy(), "rng": capture_rng_state(), "best_mean_acc": best_mean,
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "progress": progress.state_dict(), "rng": capture_rng_state(), "best_mean_acc": best_mean,
             "metrics": metrics,
         }
 
@@ -369,10 +349,14 @@ def main(args: argparse.Namespace) -> None:
         if dist_info.is_main:
             save_checkpoint(state, Path(args.output) / name)
 
+    last_metrics: dict | None = None
+    best_metrics: dict | None = None
+
     def run_eval(progress: engine.TrainProgress) -> dict:
         nonlocal best_mean
         metrics = engine.evaluate(model, test_loader, device, len(classes), args.amp, args.channels_last,
-                                  show_progress=not args.no_progress and dist_info.is_main)
+                                  show_progress=not args.no_progress and dist_info.is_main,
+                                  eval_logits=method.eval_logits)
         averages = progress.averages()
         record = {"epoch": progress.epoch, "step": progress.step, "loss": averages.get("loss", float("nan")),
                   **{f"loss_{k}": v for k, v in averages.items() if k != "loss"},
@@ -382,8 +366,11 @@ def main(args: argparse.Namespace) -> None:
         logger.write_metrics(record)
         terms = " ".join(f"{k} {v:.4f}" for k, v in averages.items())
         logger.info(f"epoch {progress.epoch} step {progress.step} | {terms} | {format_eval(metrics, classes)}")
+        nonlocal last_metrics, best_metrics
+        last_metrics = metrics
         if metrics["mean_acc"] > best_mean:
             best_mean = metrics["mean_acc"]
+            best_metrics = {**metrics, "step": progress.step}
             save("best.pth", progress, metrics)
         return metrics
 
@@ -403,9 +390,9 @@ def main(args: argparse.Namespace) -> None:
             elif progress.batch_in_epoch == 0:
                 progress.start_epoch(progress.epoch)
             train_sampler.set_epoch(progress.epoch, progress.batch_in_epoch * args.batch_size)
-            engine.train_one_epoch(model, criterion, train_loader, optimizer, scheduler, scaler, device, options,
+            engine.train_one_epoch(model, method, train_loader, optimizer, scheduler, scaler, device, options,
                                    progress, total_steps, on_step, show_progress=not args.no_progress and dist_info.is_main,
-                                   total_batches=steps_per_epoch)
+                                   total_batches=steps_per_epoch, log_interval=args.log_interval)
             metrics = run_eval(progress) if not args.eval_interval or progress.step >= total_steps else None
             save("last.pth", progress, metrics)
     except engine.NonFiniteLossError as exc:
@@ -420,8 +407,13 @@ def main(args: argparse.Namespace) -> None:
         logger.info(f"skipped {len(bad)} unreadable images" + (f" (listed in {log})" if bad else ""))
     if progress.skipped_nonfinite:
         logger.info(f"skipped {progress.skipped_nonfinite} batches with a non-finite loss")
-    logger.info(f"done in {time.time() - start_time:.0f}s; best mean accuracy {best_mean * 100:.2f}; "
-                f"checkpoints in {args.output}")
+    logger.info(f"done in {time.time() - start_time:.0f}s; checkpoints in {args.output}")
+    if last_metrics is not None and best_metrics is not None:
+        # best.pth is chosen on the test split (RAF-DB has no validation split; the papers do the
+        # same), so it is optimistic; comparisons use the last evaluation.
+        logger.info(f"last evaluation (step {progress.step}): {format_eval(last_metrics, classes)}")
+        logger.info(f"best evaluation, selected on the test split (step {best_metrics['step']}): "
+                    f"{format_eval(best_metrics, classes)}")
     logger.close()
     barrier()
     cleanup_distributed()
@@ -445,8 +437,8 @@ def _check_resumable(state: dict, model: torch.nn.Module, args: argparse.Namespa
         raise CheckpointError(f"{args.resume} has no training state (optimizer/progress); it cannot be resumed")
     check_model_fits(state["model"], model, args.resume, state.get("model_config"))
     saved = state.get("config", {})
-    for key in ("batch_size", "world_size", "dataset", "seed"):
-        if key in saved and saved[key] != getattr(args, key):
+    for key in ("method", "batch_size", "world_size", "dataset", "seed"):
+        if saved.get(key, "mek" if key == "method" else None) not in (None, getattr(args, key)):
             raise CheckpointError(
                 f"{args.resume} was trained with --{key.replace('_', '-')} {saved[key]}, this run has {getattr(args, key)}; "
                 "an exact resume needs the same value")
@@ -461,8 +453,23 @@ def worker_error_message(exc: Exception) -> str:
     return last.split(": ", 1)[1] if ": " in last else last
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Two stages: ``--method`` first, then the common flags plus that method's own."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--method", default="mek")
+    method = pre.parse_known_args(argv)[0].method
+    if method not in METHODS:
+        error_exit(f"--method {method!r} is unknown; choose from {', '.join(sorted(METHODS))}")
+    try:
+        check_foreign_flags(argv, method)
+    except ValueError as exc:
+        error_exit(str(exc))
+    return get_args_parser(method).parse_args(argv)
+
+
 def cli(argv: list[str] | None = None) -> None:
-    args = get_args_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         main(args)
     except (DatasetError, CheckpointError, ValueError) as exc:

@@ -11,7 +11,6 @@ minor classes (large w) count more.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 
 def rebalanced_attention_consistency(
@@ -23,13 +22,3 @@ def rebalanced_attention_consistency(
     weights = class_weights.to(device=per_class.device, dtype=per_class.dtype)
     return (per_class * weights).sum(dim=1).mean()
 
-
-class RebalancedAttentionConsistency(nn.Module):
-    """Module form of :func:`rebalanced_attention_consistency`."""
-
-    def __init__(self, class_weights: torch.Tensor) -> None:
-        super().__init__()
-        self.register_buffer("class_weights", class_weights.float().clone())
-
-    def forward(self, maps: torch.Tensor, flipped_maps: torch.Tensor) -> torch.Tensor:
-        return rebalanced_attention_consistency(maps, flipped_maps, self.class_weights)

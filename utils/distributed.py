@@ -52,14 +52,6 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
-    """Sum a tensor over ranks (identity in a world of one)."""
-    if dist.is_available() and dist.is_initialized():
-        values = values.clone()
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
-    return values
-
-
 def all_gather_concat(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate a 1-D or 2-D tensor of per-rank length along dim 0 over all ranks, in rank order."""
     if not (dist.is_available() and dist.is_initialized()):

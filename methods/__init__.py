@@ -1,0 +1,121 @@
+"""Training methods behind one registry: ``train.py --method NAME`` plus that method's flags.
+
+Add a method: write ``methods/my_method.py`` with a :class:`Method` subclass (its flags, its
+training step, its formula and paper in the docstring) and add one line to ``_REGISTERED``
+below. ``python train.py --method NAME --help`` lists its flags.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Iterable, Sequence
+
+from losses.class_prior import ClassPrior
+
+from .balanced_softmax import BalancedSoftmax
+from .base import Method, MethodArgumentError, TrainSchedule
+from .ce import CrossEntropy
+from .eac import EAC
+from .focal import Focal
+from .ldam import LDAM
+from .logit_adjust import LogitAdjust
+from .mek import MEK
+
+_REGISTERED: tuple[type[Method], ...] = (MEK, CrossEntropy, EAC, Focal, LDAM, BalancedSoftmax, LogitAdjust)
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in _REGISTERED}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Register a method class defined outside this package (a decorator)."""
+    if cls.name in METHODS:
+        raise ValueError(f"method {cls.name!r} is registered twice")
+    METHODS[cls.name] = cls
+    return cls
+
+
+def get_method_class(name: str) -> type[Method]:
+    if name not in METHODS:
+        raise MethodArgumentError(f"--method {name!r} is unknown; choose from {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+def add_method_args(parser: argparse.ArgumentParser, name: str) -> None:
+    """Add method ``name``'s flags to ``parser`` as one argument group."""
+    cls = get_method_class(name)
+    cls.add_args(parser.add_argument_group(f"method {name} ({cls.paper})"))
+
+
+def method_options(name: str) -> set[str]:
+    parser = argparse.ArgumentParser(add_help=False)
+    add_method_args(parser, name)
+    return {option for action in parser._actions for option in action.option_strings}
+
+
+def check_foreign_flags(argv: Sequence[str], method: str) -> None:
+    """Refuse a flag that belongs to another method, naming the method(s) it belongs to."""
+    own = method_options(method)
+    owners: dict[str, list[str]] = {}
+    for other in METHODS:
+        if other != method:
+            for option in method_options(other) - own:
+                owners.setdefault(option, []).append(other)
+    for token in argv:
+        option = token.split("=", 1)[0]
+        if option in owners:
+            raise MethodArgumentError(
+                f"{option} belongs to --method {' / '.join(sorted(owners[option]))}, not to --method {method}")
+
+
+def method_defaults(name: str) -> dict:
+    """The default value of each of method ``name``'s flags."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_method_args(parser, name)
+    return vars(parser.parse_args([]))
+
+
+def build_method(name: str, args: argparse.Namespace, prior: ClassPrior, schedule: TrainSchedule) -> Method:
+    cls = get_method_class(name)
+    cls.check_args(args)
+    return cls(args, prior, schedule)
+
+
+def method_from_config(config: dict, counts: Iterable[int] | None = None) -> Method:
+    """Rebuild the method a run's ``config.json`` / checkpoint config describes (for test.py).
+
+    Flags missing from an older config take their defaults; checkpoints from before the
+    method seam are MEK's.
+    """
+    name = config.get("method", "mek")
+    values = {**method_defaults(name), **{k: v for k, v in config.items() if k in method_defaults(name)}}
+    args = argparse.Namespace(**values, flip_forward=config.get("flip_forward", "two-pass"))
+    counts = list(counts if counts is not None else config["train_counts"])
+    prior = ClassPrior.from_counts(counts, config.get("classes"))
+    steps_per_epoch = int(config.get("steps_per_epoch", 1))
+    schedule = TrainSchedule(steps_per_epoch, int(config.get("total_steps", steps_per_epoch)))
+    return build_method(name, args, prior, schedule)
+
+
+def make_method(name: str, counts: Sequence[int], steps_per_epoch: int = 1, total_steps: int = 1,
+                flip_forward: str = "two-pass", **flags) -> Method:
+    """A method with its default flags except ``flags`` (for tests, benchmarks and notebooks)."""
+    values = method_defaults(name)
+    unknown = set(flags) - set(values)
+    if unknown:
+        raise MethodArgumentError(f"method {name} has no flag(s) {', '.join(sorted(unknown))}")
+    args = argparse.Namespace(**{**values, **flags}, flip_forward=flip_forward)
+    return build_method(name, args, ClassPrior.from_counts(counts), TrainSchedule(steps_per_epoch, total_steps))
+
+
+__all__ = [
+    "METHODS",
+    "Method",
+    "MethodArgumentError",
+    "TrainSchedule",
+    "add_method_args",
+    "build_method",
+    "check_foreign_flags",
+    "get_method_class",
+    "make_method",
+    "method_defaults",
+    "method_from_config",
+    "register_method",
+]

@@ -1,0 +1,55 @@
+"""Plain cross-entropy, optionally class-balanced (Cui et al., "Class-Balanced Loss Based on
+Effective Number of Samples", CVPR 2019) and optionally with MEK's attention term.
+
+    CE(z, y) = -log softmax(z)_y                      (batch mean)
+    CB-CE(z, y) = -a_y log softmax(z)_y,  a_k = (1 - beta) / (1 - beta^n_k), sum_k a_k = K
+
+``--method ce`` gives the same numbers as ``--method mek --rsl-eps 0 --rac-weight 0``.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+
+from losses.class_prior import ClassPrior
+
+from .base import TrainSchedule, in_range
+from .logit_loss import LogitLossMethod
+
+
+def add_class_balanced_arg(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--cb-beta", type=float, default=None,
+                       help="class-balanced weighting by the effective number of samples, beta in [0, 1) "
+                            "(Cui et al. use 0.9999); default: off")
+
+
+class CrossEntropy(LogitLossMethod):
+    name = "ce"
+    paper = "cross-entropy baseline"
+
+    @classmethod
+    def add_args(cls, group: argparse._ArgumentGroup) -> None:
+        add_class_balanced_arg(group)
+        cls.add_attention_args(group)
+
+    @classmethod
+    def check_args(cls, args: argparse.Namespace) -> None:
+        super().check_args(args)
+        in_range(args, "--cb-beta", 0.0, 1.0, high_open=True)
+
+    def __init__(self, args: argparse.Namespace, prior: ClassPrior, schedule: TrainSchedule) -> None:
+        super().__init__(args, prior, schedule)
+        self.cb_beta = args.cb_beta
+        self.register_buffer("sample_class_weights",
+                             None if args.cb_beta is None else prior.effective_number_weights(args.cb_beta))
+
+    def classification_terms(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.sample_class_weights is None:
+            return {"ce": F.cross_entropy(logits, labels)}
+        per_sample = F.cross_entropy(logits, labels, reduction="none")
+        return {"ce": (per_sample * self.sample_class_weights[labels]).mean()}
+
+    def settings(self) -> dict:
+        return {**({"cb_beta": self.cb_beta} if self.cb_beta is not None else {}), **super().settings()}
