@@ -14,13 +14,15 @@ from losses.class_prior import ClassPrior
 from .balanced_softmax import BalancedSoftmax
 from .base import Method, MethodArgumentError, TrainSchedule
 from .ce import CrossEntropy
+from .dan import DAN
 from .eac import EAC
 from .focal import Focal
 from .ldam import LDAM
 from .logit_adjust import LogitAdjust
 from .mek import MEK
+from .rul import RUL
 
-_REGISTERED: tuple[type[Method], ...] = (MEK, CrossEntropy, EAC, Focal, LDAM, BalancedSoftmax, LogitAdjust)
+_REGISTERED: tuple[type[Method], ...] = (MEK, CrossEntropy, EAC, Focal, LDAM, BalancedSoftmax, LogitAdjust, RUL, DAN)
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in _REGISTERED}
 
 
