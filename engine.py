@@ -95,6 +95,47 @@ def compute_loss(model: nn.Module, method, images: torch.Tensor, labels: torch.T
         return method.training_step(model, images, labels)
 
 
+@dataclass
+class ManualUpdate:
+    """The engine's update rule for methods that step their own optimisers (``manual_optimization``).
+
+    ``update`` is the engine's own: the non-finite guard (same decision on every rank), zeroing,
+    backward (scaled under fp16), clipping and the optimiser step, for any network.
+    """
+
+    device: torch.device
+    options: StepOptions
+    step: int
+
+    def autocast(self):
+        return autocast(self.device, self.options.amp)
+
+    def update(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+               parameters: Iterable[torch.Tensor], scaler: torch.amp.GradScaler | None = None) -> bool:
+        """Backward ``loss`` and step ``optimizer``; False (nothing stepped) when skipped as non-finite."""
+        if not _finite_on_all_ranks(loss):
+            bad = [k for k, v in terms.items() if k != "loss" and not torch.isfinite(v)] or ["loss"]
+            if not self.options.skip_nonfinite:
+                raise NonFiniteLossError(self.step, bad)
+            optimizer.zero_grad(set_to_none=True)
+            return False
+        parameters = list(parameters)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            if self.options.clip_grad:
+                torch.nn.utils.clip_grad_norm_(parameters, self.options.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            if self.options.clip_grad:
+                torch.nn.utils.clip_grad_norm_(parameters, self.options.clip_grad)
+            optimizer.step()
+        return True
+
+
 class StepReporter:
     """A tqdm bar on a terminal; one plain line every ``log_interval`` steps otherwise, so a
     run redirected to a file is not flooded with bar redraws."""
@@ -152,6 +193,20 @@ def train_one_epoch(
         method.set_step(progress.step)
         images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
         labels = labels.to(device, non_blocking=True)
+
+        if getattr(method, "manual_optimization", False):
+            terms = method.manual_step(model, images, labels, optimizer, scaler, ManualUpdate(device, options, progress.step))
+            if terms is None:
+                progress.skipped_nonfinite += 1
+                reporter.write(f"warning: skipped batch at step {progress.step}: non-finite loss")
+            else:
+                progress.add_terms(terms)
+            progress.step += 1
+            progress.batch_in_epoch += 1
+            reporter.update(progress.step, terms["loss"] if terms else torch.zeros(()), optimizer.param_groups[0]["lr"])
+            if on_step is not None:
+                on_step(progress)
+            continue
 
         terms = compute_loss(model, method, images, labels, device, options)
         loss = terms["loss"]

@@ -24,6 +24,7 @@ from data.sampler import ResumableSampler, ShardSampler
 from data.transforms import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, build_eval_transform, build_train_transform
 from losses.class_prior import ClassPrior
 from methods import METHODS, TrainSchedule, add_method_args, build_method, check_foreign_flags, get_method_class
+from methods.base import MethodContext
 from methods.mirror import resolve_flip_forward
 from models import HEADS, build_model, count_parameters
 from utils.checkpoint import (
@@ -57,6 +58,8 @@ def get_args_parser(method: str = "mek") -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     g.add_argument("--cache-images", action="store_true", help="decode every image once into memory")
     g.add_argument("--skip-bad-images", action="store_true", help="log and skip unreadable images instead of stopping")
+    g.add_argument("--balanced-sampler", action="store_true",
+                   help="class-balanced labelled batches: every class equally likely (data/balanced_sampler.py)")
 
     g = p.add_argument_group("augmentation")
     g.add_argument("--norm", choices=sorted(NORMALISATIONS), default="imagenet", help="mean/std: ImageNet or 0.5")
@@ -168,13 +171,17 @@ def prepare_output(args: argparse.Namespace, main: bool) -> None:
             error_exit(f"--output {out} is not writable: {exc.strerror or exc}")
 
 
-def build_data(args: argparse.Namespace, dist_info: DistInfo):
+def augment_config(args: argparse.Namespace) -> AugmentConfig:
     mean, std = NORMALISATIONS[args.norm]
-    aug = AugmentConfig(
+    return AugmentConfig(
         img_size=args.img_size, mean=mean, std=std, scale=(args.scale_min, 1.0), hflip=args.hflip,
         color_jitter=args.color_jitter, auto_augment=args.auto_augment, interpolation=args.interpolation,
         reprob=args.reprob, remode=args.remode, re_max_area=args.re_max_area,
     )
+
+
+def build_data(args: argparse.Namespace, dist_info: DistInfo):
+    aug = augment_config(args)
     if args.dataset not in DATASETS:
         error_exit(f"--dataset {args.dataset!r} is unknown; choose from {', '.join(sorted(DATASETS))}")
     root = args.data_root or DEFAULT_ROOTS.get(args.dataset)
@@ -192,7 +199,16 @@ def build_data(args: argparse.Namespace, dist_info: DistInfo):
         train_set.cache_images()
         test_set.cache_images()
 
-    train_sampler = ResumableSampler(len(train_set), args.seed, True, dist_info.rank, dist_info.world_size)
+    if args.balanced_sampler:
+        from data.balanced_sampler import BalancedSampler
+
+        if args.batch_size < len(train_set.classes):
+            error_exit(f"--balanced-sampler needs --batch-size >= the number of classes ({len(train_set.classes)}) "
+                       f"for one balanced batch, got {args.batch_size}")
+        train_sampler = BalancedSampler(train_set.targets, len(train_set.classes), args.seed, dist_info.rank,
+                                        dist_info.world_size)
+    else:
+        train_sampler = ResumableSampler(len(train_set), args.seed, True, dist_info.rank, dist_info.world_size)
     loader_kw = dict(num_workers=args.workers, pin_memory=args.device_type == "cuda",
                      persistent_workers=False, generator=torch.Generator().manual_seed(args.seed))
     # drop_last keeps every step's batch full (and BatchNorm away from batches of one).
@@ -206,6 +222,39 @@ def format_eval(metrics: dict, classes: list[str]) -> str:
     per_class = " ".join(f"{c[:4]}={a * 100:.1f}" for c, a in zip(classes, metrics["per_class_acc"]))
     return (f"overall {metrics['overall_acc'] * 100:.2f}  mean {metrics['mean_acc'] * 100:.2f}  "
             f"macro-F1 {metrics['macro_f1'] * 100:.2f} | {per_class}")
+
+
+def build_network(args: argparse.Namespace, backbone: str, head: str, num_classes: int, device: torch.device,
+                  dist_info: DistInfo, init_checkpoint: str | None = None):
+    """(module, module wrapped for training (DDP / compile), flip-forward mode) for ``backbone``."""
+    model = build_model(backbone, num_classes=num_classes, img_size=args.img_size, drop_path_rate=args.drop_path,
+                        head=head)
+    flip_forward = resolve_flip_forward(args.flip_forward, model)
+    if args.pretrained and backbone == args.backbone:
+        from models.pretrained import PretrainedLoadError, load_pretrained_backbone
+
+        try:
+            report = load_pretrained_backbone(model.backbone, args.pretrained, backbone, allow_partial=args.allow_partial)
+        except PretrainedLoadError as exc:
+            error_exit(str(exc))
+        if dist_info.is_main:
+            print(report.summary(), flush=True)
+    if init_checkpoint:
+        init_state = load_checkpoint(init_checkpoint)
+        check_model_fits(init_state["model"], model, init_checkpoint, init_state.get("model_config"))
+        model.load_state_dict(init_state["model"])
+    model.to(device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if args.sync_bn and dist_info.enabled:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model_without_ddp = model
+    if dist_info.enabled:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if args.compile:
+        model = torch.compile(model)
+    return model_without_ddp, model, flip_forward
 
 
 def main(args: argparse.Namespace) -> None:
@@ -229,7 +278,9 @@ def main(args: argparse.Namespace) -> None:
     steps_per_epoch = len(train_set) // (args.batch_size * dist_info.world_size)
     if steps_per_epoch == 0:
         error_exit(f"the training set has {len(train_set)} images, fewer than one batch of {args.batch_size * dist_info.world_size}")
-    total_steps = args.steps or args.epochs * steps_per_epoch
+    train_steps = args.steps or args.epochs * steps_per_epoch
+    # A method may add a stage after it (Face2Exp's fine-tuning); 0 for every one-network method.
+    total_steps = train_steps + get_method_class(args.method).extra_steps(args, steps_per_epoch)
     num_epochs = math.ceil(total_steps / steps_per_epoch)
     prior = ClassPrior.from_counts(counts, classes)
 
@@ -237,42 +288,42 @@ def main(args: argparse.Namespace) -> None:
     head = args.head or method_cls.head
     if method_cls.allowed_heads is not None and head not in method_cls.allowed_heads:
         error_exit(f"--method {args.method} cannot use --head {head}; it needs {' or '.join(method_cls.allowed_heads)}")
-    model = build_model(args.backbone, num_classes=len(classes), img_size=args.img_size, drop_path_rate=args.drop_path,
-                        head=head)
-    args.flip_forward = resolve_flip_forward(args.flip_forward, model)
-    if args.pretrained:
-        from models.pretrained import PretrainedLoadError, load_pretrained_backbone
-
-        try:
-            report = load_pretrained_backbone(model.backbone, args.pretrained, args.backbone, allow_partial=args.allow_partial)
-        except PretrainedLoadError as exc:
-            error_exit(str(exc))
-        if dist_info.is_main:
-            print(report.summary(), flush=True)
-    if args.init_checkpoint and not args.resume:
-        init_state = load_checkpoint(args.init_checkpoint)
-        check_model_fits(init_state["model"], model, args.init_checkpoint, init_state.get("model_config"))
-        model.load_state_dict(init_state["model"])
-    model.to(device)
-    if args.channels_last:
-        model.to(memory_format=torch.channels_last)
-    if args.sync_bn and dist_info.enabled:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model_without_ddp = model
-    if dist_info.enabled:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    if args.compile:
-        model = torch.compile(model)
+    model_without_ddp, model, args.flip_forward = build_network(
+        args, args.backbone, head, len(classes), device, dist_info,
+        init_checkpoint=args.init_checkpoint if args.init_checkpoint and not args.resume else None)
 
     method = build_method(args.method, args, prior, TrainSchedule(steps_per_epoch, total_steps)).to(device)
     lr_scale = (args.batch_size * dist_info.world_size / args.lr_base_batch) if args.lr_base_batch else 1.0
     optimizer = build_optimizer(model_without_ddp, args.opt, args.lr * lr_scale, args.weight_decay, args.momentum,
                                 fused=args.fused_opt, decay_all=args.weight_decay_scope == "all",
                                 param_groups=method.param_groups(model_without_ddp, args.lr * lr_scale, args.weight_decay))
-    scheduler = build_scheduler(optimizer, args.sched, total_steps, steps_per_epoch, args.warmup_steps,
+    scheduler = build_scheduler(optimizer, args.sched, train_steps, steps_per_epoch, args.warmup_steps,
                                 args.warmup_lr * lr_scale, args.min_lr * lr_scale, args.decay_rate)
     scaler = torch.amp.GradScaler("cuda") if args.amp == "fp16" else None
+
+    def model_config_for(backbone: str, network_head: str) -> dict:
+        return {"backbone": backbone, "head": network_head, "num_classes": len(classes), "img_size": args.img_size,
+                "classes": classes, "norm": args.norm, "interpolation": args.interpolation}
+
+    def make_network(backbone: str, network_head: str | None = None):
+        network_head = network_head or head
+        module, wrapped, _ = build_network(args, backbone, network_head, len(classes), device, dist_info)
+        return module, wrapped, model_config_for(backbone, network_head)
+
+    def make_optimizer(module: torch.nn.Module, lr: float, **overrides):
+        """An optimiser and schedule for a second network: the run's flags, ``lr`` (scaled like --lr), overrides."""
+        o = {"opt": args.opt, "weight_decay": args.weight_decay, "momentum": args.momentum, "sched": args.sched,
+             "steps": train_steps, "warmup_steps": args.warmup_steps, "warmup_lr": args.warmup_lr * lr_scale,
+             "min_lr": args.min_lr * lr_scale, **overrides}
+        opt = build_optimizer(module, o["opt"], lr * lr_scale, o["weight_decay"], o["momentum"], fused=args.fused_opt,
+                              decay_all=args.weight_decay_scope == "all")
+        sched = build_scheduler(opt, o["sched"], o["steps"], steps_per_epoch, o["warmup_steps"], o["warmup_lr"],
+                                o["min_lr"], args.decay_rate)
+        return opt, sched
+
+    method.setup(MethodContext(args=args, device=device, dist_info=dist_info, augment=augment_config(args),
+                               train_set=train_set, steps_per_epoch=steps_per_epoch, train_steps=train_steps,
+                               make_network=make_network, make_optimizer=make_optimizer))
     options = engine.StepOptions(amp=args.amp, channels_last=args.channels_last, clip_grad=args.clip_grad,
                                  skip_nonfinite=args.skip_nonfinite)
 
@@ -298,8 +349,12 @@ def main(args: argparse.Namespace) -> None:
         images, labels, _ = next(iter(train_loader))
         model.train()
         method.set_step(0)
-        terms = engine.compute_loss(model, method, images.to(device), labels.to(device), device, options)
-        terms["loss"].backward()
+        if method.manual_optimization:
+            terms = method.manual_step(model, images.to(device), labels.to(device), optimizer, scaler,
+                                       engine.ManualUpdate(device, options, 0))
+        else:
+            terms = engine.compute_loss(model, method, images.to(device), labels.to(device), device, options)
+            terms["loss"].backward()
         if dist_info.is_main:
             print("dry run: one batch of", tuple(images.shape), "->",
                   ", ".join(f"{k}={float(v.detach()):.4f}" for k, v in terms.items()), flush=True)
@@ -318,6 +373,14 @@ def main(args: argparse.Namespace) -> None:
             scaler.load_state_dict(state["scaler"])
         progress = engine.TrainProgress(**state["progress"])
         best_mean = state.get("best_mean_acc", -1.0)
+        for name, network in method.networks().items():
+            saved_network = state.get("networks", {}).get(name)
+            if saved_network is None:
+                raise CheckpointError(f"{args.resume} has no {name} network; it was not written by --method {args.method}")
+            check_model_fits(saved_network["model"], network, args.resume, saved_network.get("model_config"))
+            network.load_state_dict(saved_network["model"])
+        if state.get("extra"):
+            method.load_extra_state(state["extra"])
         restore_rng_state(state["rng"][dist_info.rank] if isinstance(state["rng"], list) else state["rng"])
         logger.truncate_metrics(after_step=progress.step)  # drop records of steps the resumed run redoes
         logger.info(f"resumed from {args.resume} at epoch {progress.epoch}, step {progress.step}")
@@ -328,14 +391,21 @@ def main(args: argparse.Namespace) -> None:
               "method_settings": method.settings(),
               "code_version": code_version(), "total_steps": total_steps, "steps_per_epoch": steps_per_epoch}
     logger.write_config(config)
-    model_config = {"backbone": args.backbone, "head": head, "num_classes": len(classes), "img_size": args.img_size,
-                    "classes": classes, "norm": args.norm, "interpolation": args.interpolation}
+    model_config = model_config_for(args.backbone, head)
 
     def checkpoint_state(progress: engine.TrainProgress, metrics: dict | None = None) -> dict:
         return {**checkpoint_state_local(progress, metrics), "rng": _gather_rng(dist_info)}
 
     def checkpoint_state_local(progress: engine.TrainProgress, metrics: dict | None = None) -> dict:
+        extra = {}
+        if method.networks():  # a second network (Face2Exp's teacher), for --resume and test.py --network
+            configs = method.network_configs()
+            extra["networks"] = {name: {"model": network.state_dict(), "model_config": configs.get(name)}
+                                 for name, network in method.networks().items()}
+        if method.extra_state():
+            extra["extra"] = method.extra_state()
         return {
+            **extra,
             "model": model_without_ddp.state_dict(), "model_config": model_config, "config": config,
             "backbone": args.backbone, "method": {"name": args.method, "settings": method.settings()},
             "code_version": config["code_version"], "optimizer": optimizer.state_dict(),
@@ -358,14 +428,21 @@ def main(args: argparse.Namespace) -> None:
                                   show_progress=not args.no_progress and dist_info.is_main,
                                   eval_logits=method.eval_logits)
         averages = progress.averages()
+        network_metrics = {name: engine.evaluate(network, test_loader, device, len(classes), args.amp,
+                                                 args.channels_last, show_progress=False)
+                           for name, network in method.networks().items()}
         record = {"epoch": progress.epoch, "step": progress.step, "loss": averages.get("loss", float("nan")),
                   **{f"loss_{k}": v for k, v in averages.items() if k != "loss"},
                   "lr": optimizer.param_groups[0]["lr"], "skipped_nonfinite": progress.skipped_nonfinite,
                   **{k: metrics[k] for k in ("overall_acc", "mean_acc", "per_class_acc", "macro_f1")},
+                  **{f"{name}_{k}": m[k] for name, m in network_metrics.items()
+                     for k in ("overall_acc", "mean_acc", "per_class_acc", "macro_f1")},
                   "classes": classes, "time": round(time.time() - start_time, 1)}
         logger.write_metrics(record)
         terms = " ".join(f"{k} {v:.4f}" for k, v in averages.items())
         logger.info(f"epoch {progress.epoch} step {progress.step} | {terms} | {format_eval(metrics, classes)}")
+        for name, m in network_metrics.items():
+            logger.info(f"  {name}: {format_eval(m, classes)}")
         nonlocal last_metrics, best_metrics
         last_metrics = metrics
         if metrics["mean_acc"] > best_mean:

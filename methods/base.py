@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
@@ -32,6 +32,22 @@ class TrainSchedule:
 
     steps_per_epoch: int
     total_steps: int
+
+
+@dataclass
+class MethodContext:
+    """What train.py hands to ``Method.setup``: the run's flags and devices, the labelled data, and
+    builders that make a second network and optimiser exactly as the main ones are made."""
+
+    args: argparse.Namespace
+    device: torch.device
+    dist_info: Any
+    augment: Any  # data.transforms.AugmentConfig of the labelled stream
+    train_set: Any
+    steps_per_epoch: int
+    train_steps: int  # the --steps/--epochs stage (without Method.extra_steps)
+    make_network: Callable[[str], tuple[nn.Module, nn.Module, dict]]  # backbone -> (module, wrapped, model_config)
+    make_optimizer: Callable[..., tuple[torch.optim.Optimizer, Any]]  # (module, lr) -> (optimiser, schedule)
 
 
 class MethodArgumentError(ValueError):
@@ -71,6 +87,45 @@ class Method(nn.Module):
     def param_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]] | None:
         """Optimiser parameter groups, or None for the default (one lr for every parameter)."""
         return None
+
+    # ---- methods that train more than one network (teacher/student) ------------------------
+    # A method with ``manual_optimization = True`` runs its own backward passes and optimiser
+    # steps in ``manual_step`` (through ``engine.ManualUpdate``, which keeps the engine's mixed
+    # precision, clipping and non-finite guard); the engine still steps the main schedule, calls
+    # ``set_step`` and keeps progress. ``setup`` gives such a method what train.py built (it may
+    # build a second network, optimiser, schedule and data stream there); ``networks`` names the
+    # extra networks (evaluated and saved with the main model); ``extra_state`` /
+    # ``load_extra_state`` carry the rest of its training state (optimisers, stream positions)
+    # through checkpoints. The defaults do nothing, so a one-network method is unaffected.
+    manual_optimization: ClassVar[bool] = False
+
+    @classmethod
+    def extra_steps(cls, args: argparse.Namespace, steps_per_epoch: int) -> int:
+        """Steps the method adds after the ``--steps``/``--epochs`` stage (e.g. fine-tuning)."""
+        return 0
+
+    def setup(self, context: Any) -> None:
+        """Called once by train.py after the main model, optimiser and data are built."""
+
+    def manual_step(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
+                    scaler: Any, update: Any) -> dict[str, torch.Tensor] | None:
+        """One training step with the method's own updates: loss terms, or None if skipped (non-finite)."""
+        raise NotImplementedError
+
+    def networks(self) -> dict[str, nn.Module]:
+        """Extra networks (name -> unwrapped module), evaluated and checkpointed beside the main model."""
+        return {}
+
+    def network_configs(self) -> dict[str, dict]:
+        """Each extra network's model config (as train.py's ``model_config``), so test.py can rebuild it."""
+        return {}
+
+    def extra_state(self) -> dict[str, Any]:
+        """Training state beyond the main model/optimiser (saved in checkpoints; {} = none)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what ``extra_state`` returned."""
 
     # ---- evaluation ----------------------------------------------------------------------
     def eval_logits(self, logits: torch.Tensor) -> torch.Tensor:
