@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from losses import (
-    MEKLoss,
     RebalancedSmoothLabelLoss,
     class_weights_from_counts,
     rebalanced_attention_consistency,
@@ -76,49 +75,6 @@ def test_rac_batch_mean_and_class_weighting():
     flipped[0, 1] = 2.0  # sample 0, class 1: squared error 4 everywhere
     value = rebalanced_attention_consistency(maps, flipped, torch.tensor([1.0, 3.0]))
     assert torch.isclose(value, torch.tensor(3.0 * 4.0 / 2))
-
-
-def test_mek_loss_combines_terms_and_ablations():
-    weights = class_weights_from_counts(RAF_DB_COUNTS)
-    logits, labels = torch.randn(4, 7), torch.tensor([0, 1, 2, 3])
-    maps, flipped = torch.randn(4, 7, 3, 3), torch.randn(4, 7, 3, 3)
-    terms = MEKLoss(weights, rsl_eps=0.3, rac_weight=0.1)(logits, labels, maps, flipped)
-    assert torch.isclose(terms["loss"], terms["rsl"] + 0.1 * terms["rac"])
-    baseline = MEKLoss(weights, rsl_eps=0.0, rac_weight=0.0)
-    assert not baseline.needs_flipped_view
-    terms = baseline(logits, labels)
-    assert set(terms) == {"rsl", "loss"}
-    assert torch.isclose(terms["loss"], torch.nn.functional.cross_entropy(logits, labels))
-
-
-def test_mek_loss_gives_rac_its_own_class_weights():
-    counts = [40, 10]  # N = 50: w = N/(10 n_k) = [0.125, 0.5]; with power 0.5: [0.3536, 0.7071]
-    rsl_weights, rac_weights = class_weights_from_counts(counts), class_weights_from_counts(counts, power=0.5)
-    assert torch.allclose(rac_weights, torch.tensor([0.125**0.5, 0.5**0.5]))
-    maps = torch.zeros(1, 2, 1, 2)
-    flipped = torch.tensor([[[[0.0, 0.0]], [[2.0, 2.0]]]])  # class 1: squared error 4 everywhere
-    logits, labels = torch.tensor([[0.0, 0.0]]), torch.tensor([0])
-    terms = MEKLoss(rsl_weights, rsl_eps=0.2, rac_weight=0.1, rac_class_weights=rac_weights)(
-        logits, labels, maps, flipped)
-    assert torch.isclose(terms["rac"], torch.tensor(4 * 0.5**0.5))  # RAC with the tempered weights
-    # RSL with two classes puts eps on the other class whatever the weights: -(0.8 + 0.2) log 0.5.
-    assert torch.isclose(terms["rsl"], torch.tensor(math.log(2.0)))
-    same = MEKLoss(rsl_weights, rsl_eps=0.2, rac_weight=0.1)(logits, labels, maps, flipped)
-    assert torch.isclose(same["rac"], torch.tensor(4 * 0.5))  # default: RSL's weights serve RAC too
-    with pytest.raises(ValueError, match="shape"):
-        MEKLoss(rsl_weights, rac_class_weights=torch.ones(3))
-
-
-def test_deferred_start_and_ramp():
-    loss = MEKLoss(torch.ones(3), rsl_eps=0.3, rac_weight=0.1, start_step=10, ramp_steps=4)
-    loss.set_step(5)
-    assert loss.rsl.eps == 0.0 and not loss.needs_flipped_view
-    terms = loss(torch.randn(2, 3), torch.tensor([0, 1]))
-    assert float(terms["rac"]) == 0.0
-    loss.set_step(11)  # second step of the ramp
-    assert loss.rsl.eps == pytest.approx(0.15) and loss.rac_weight == pytest.approx(0.05)
-    loss.set_step(100)
-    assert loss.rsl.eps == pytest.approx(0.3) and loss.rac_weight == pytest.approx(0.1)
 
 
 def test_target_mass_per_class_hand_computed_and_sums_to_one():
