@@ -5,6 +5,7 @@ from torch import nn
 
 from .backbones import BACKBONES, create_backbone, feature_map, register_backbone
 from . import vggface2_resnet  # registers resnet50_vggface2
+from . import cbam  # registers resnet18_cbam, resnet50_cbam
 from .heads import HEADS, FERModel, ModelOutput, build_head, register_head
 
 

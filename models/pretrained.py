@@ -79,6 +79,10 @@ class LoadReport:
     loaded_fraction: float
     mismatch_shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # Tensors the backbone adds to the architecture the file was trained as (e.g. CBAM modules in
+    # resnet18_cbam, ``backbone.pretrained_new_parameters``): left at init and not counted in
+    # ``loaded_fraction``, so they never trip the partial-load refusal.
+    new: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         """Multi-line human-readable account of the load."""
@@ -97,6 +101,8 @@ class LoadReport:
             for name in self.shape_mismatch
         ]
         lines.append(f"  shape mismatches (not loaded): {_short_list(mismatches)}")
+        if self.new:
+            lines.append(f"  new in this backbone (left at init, not counted above): {_short_list(self.new)}")
         lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
 
@@ -143,7 +149,8 @@ def load_pretrained_backbone(
     report = _plan_load(state, backbone, str(path), fmt, notes, outside_backbone)
     _enforce(report, backbone, backbone_name, file_state, allow_partial, min_fraction)
     if not allow_partial:
-        _check_recorded_backbone(_recorded_backbone_name(raw), backbone_name, report)
+        _check_recorded_backbone(_recorded_backbone_name(raw), backbone_name, report,
+                                 getattr(backbone, "pretrained_base", None))
 
     to_load = {name: state[name] for name in report.matched}
     result = backbone.load_state_dict(to_load, strict=False)
@@ -398,13 +405,16 @@ def _plan_load(
             matched.append(name)
     # num_batches_tracked is a step counter that older files lack; it does not affect the function.
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    new_pattern = getattr(backbone, "pretrained_new_parameters", None)
+    new = [k for k in missing if new_pattern is not None and new_pattern.search(k)]
+    missing = [k for k in missing if k not in new]
     params = dict(backbone.named_parameters())
-    total = sum(p.numel() for p in params.values())
+    total = sum(p.numel() for k, p in params.items() if k not in new)
     loaded = sum(params[k].numel() for k in matched if k in params)
     return LoadReport(
         path=path, format=fmt, matched=matched, missing=missing, unexpected=unexpected,
         dropped_head=dropped_head, shape_mismatch=shape_mismatch,
-        loaded_fraction=loaded / total if total else 0.0, mismatch_shapes=mismatch_shapes, notes=notes,
+        loaded_fraction=loaded / total if total else 0.0, mismatch_shapes=mismatch_shapes, notes=notes, new=new,
     )
 
 
@@ -442,12 +452,13 @@ def _enforce(
         )
 
 
-def _check_recorded_backbone(recorded: str | None, backbone_name: str, report: LoadReport) -> None:
+def _check_recorded_backbone(recorded: str | None, backbone_name: str, report: LoadReport,
+                             base: str | None = None) -> None:
     """Refuse a checkpoint that names another registered backbone: shapes can fit while the function
     differs (resnet50 vs resnet50_vggface2 strides). Names outside the registry (other codebases'
     ``arch`` strings) are not comparable and are ignored."""
-    if recorded is None or recorded == backbone_name or recorded not in BACKBONES:
-        return
+    if recorded is None or recorded == backbone_name or recorded == base or recorded not in BACKBONES:
+        return  # base: the plain architecture a backbone extends (resnet18 for resnet18_cbam)
     raise PretrainedLoadError(
         f"{report.path} records that it was saved from --backbone {recorded}, but you built --backbone "
         f"{backbone_name}; the weights fit but may compute a different function. Use --backbone "
