@@ -99,8 +99,10 @@ def get_args_parser(method: str = "mek") -> argparse.ArgumentParser:
     g.add_argument("--momentum", type=float, default=0.9)
     g.add_argument("--fused-opt", action=argparse.BooleanOptionalAction, default=True,
                    help="torch's fused Adam/AdamW/SGD kernel (same update rule, one pass over the parameters)")
-    g.add_argument("--sched", choices=["cosine", "exponential", "constant"], default="exponential")
-    g.add_argument("--decay-rate", type=float, default=0.9, help="exponential schedule: factor per epoch")
+    g.add_argument("--sched", choices=["cosine", "exponential", "step", "constant"], default="exponential")
+    g.add_argument("--decay-rate", type=float, default=0.9,
+                   help="exponential schedule: factor per epoch; step: factor every --decay-epochs epochs")
+    g.add_argument("--decay-epochs", type=int, default=10, help="step schedule: epochs between decays (DAN: 10)")
     g.add_argument("--warmup-steps", type=int, default=0)
     g.add_argument("--warmup-lr", type=float, default=0.0)
     g.add_argument("--min-lr", type=float, default=0.0, help="cosine floor")
@@ -145,7 +147,7 @@ def resolve_device(name: str, dist_info: DistInfo | None = None) -> torch.device
 def check_args(args: argparse.Namespace) -> None:
     if args.amp == "fp16" and args.device_type != "cuda":
         error_exit("--amp fp16 needs CUDA; use --amp bf16 on CPU")
-    for flag in ("batch_size", "epochs", "img_size"):
+    for flag in ("batch_size", "epochs", "img_size", "decay_epochs"):
         if getattr(args, flag) <= 0:
             error_exit(f"--{flag.replace('_', '-')} must be positive")
     if args.steps is not None and args.steps <= 0:
@@ -298,7 +300,7 @@ def main(args: argparse.Namespace) -> None:
                                 fused=args.fused_opt, decay_all=args.weight_decay_scope == "all",
                                 param_groups=method.param_groups(model_without_ddp, args.lr * lr_scale, args.weight_decay))
     scheduler = build_scheduler(optimizer, args.sched, train_steps, steps_per_epoch, args.warmup_steps,
-                                args.warmup_lr * lr_scale, args.min_lr * lr_scale, args.decay_rate)
+                                args.warmup_lr * lr_scale, args.min_lr * lr_scale, args.decay_rate, args.decay_epochs)
     scaler = torch.amp.GradScaler("cuda") if args.amp == "fp16" else None
 
     def model_config_for(backbone: str, network_head: str) -> dict:
@@ -318,7 +320,7 @@ def main(args: argparse.Namespace) -> None:
         opt = build_optimizer(module, o["opt"], lr * lr_scale, o["weight_decay"], o["momentum"], fused=args.fused_opt,
                               decay_all=args.weight_decay_scope == "all")
         sched = build_scheduler(opt, o["sched"], o["steps"], steps_per_epoch, o["warmup_steps"], o["warmup_lr"],
-                                o["min_lr"], args.decay_rate)
+                                o["min_lr"], args.decay_rate, args.decay_epochs)
         return opt, sched
 
     method.setup(MethodContext(args=args, device=device, dist_info=dist_info, augment=augment_config(args),

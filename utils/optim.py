@@ -62,13 +62,18 @@ def build_scheduler(
     warmup_lr: float = 0.0,
     min_lr: float = 0.0,
     decay_rate: float = 0.9,
+    decay_epochs: int = 10,
 ):
-    """'cosine' (warmup then cosine to ``min_lr``), 'exponential' (x ``decay_rate`` each epoch) or 'constant'."""
+    """'cosine' (warmup then cosine to ``min_lr``), 'exponential' (x ``decay_rate`` each epoch), 'step'
+    (x ``decay_rate`` every ``decay_epochs`` epochs: torch's StepLR per epoch, e.g. DAN's x0.1 every 10)
+    or 'constant'."""
     common = dict(warmup_t=warmup_steps, warmup_lr_init=warmup_lr, t_in_epochs=False)
     if name == "cosine":
         return CosineLRScheduler(optimizer, t_initial=max(total_steps, 1), lr_min=min_lr, **common)
     if name == "exponential":
         return StepLRScheduler(optimizer, decay_t=max(steps_per_epoch, 1), decay_rate=decay_rate, **common)
+    if name == "step":
+        return StepLRScheduler(optimizer, decay_t=max(steps_per_epoch, 1) * decay_epochs, decay_rate=decay_rate, **common)
     if name == "constant":
         return StepLRScheduler(optimizer, decay_t=max(total_steps, 1) * 10, decay_rate=1.0, **common)
-    raise ValueError(f"--sched {name!r} is unknown; choose cosine, exponential or constant")
+    raise ValueError(f"--sched {name!r} is unknown; choose cosine, exponential, step or constant")
