@@ -7,6 +7,10 @@
 #   r18       MEK, ResNet-18 at 224 on RAF-DB (the EAC/RUL recipe it builds on)
 #   r18-ce    the plain cross-entropy baseline of that recipe
 #   demo      MEK on generated synthetic faces, a few minutes on a CPU
+#   rul       RUL (NeurIPS 2021), ResNet-18 at 224 on RAF-DB, the official recipe
+#   dan       DAN (Distract your Attention), ResNet-18 at 224 on RAF-DB, the official recipe
+#   dan-affectnet  DAN on AffectNet (8 classes; AFFECTNET_ROOT, default dataset/affectnet)
+#   hybrid    ResNet-18 with CBAM blocks + RUL's uncertainty mixing + class-weighted cross-entropy
 # Environment: DATA_ROOT (default dataset/raf-basic), DEMO_ROOT (demo recipe; default dataset/demo),
 #   OUTPUT (default output/<recipe>), PYTHON (default python),
 #   NGPUS (processes per machine; default: all visible GPUs, 1 on CPU),
@@ -33,6 +37,26 @@ R18="--backbone resnet18 --img-size 224 --norm imagenet --reprob 0.5 --re-max-ar
   --opt adam --lr 2e-4 --weight-decay 1e-4 --sched exponential --decay-rate 0.9 --batch-size 32 --epochs 60"
 MEK="--rsl-eps 0.3 --rac-weight 0.1"
 CE="--rsl-eps 0 --rac-weight 0"
+# RUL (official src/main.py): Adam 2e-4 (classifier 10x, the method's default), weight decay 1e-4 on every
+# parameter, x0.9 per epoch, batch 64, 60 epochs, random erasing (0.02-0.25); the official loader flips
+# half of the images it augments (p 0.25; its other half, Gaussian noise, is not available here).
+RUL="--method rul --backbone resnet18 --img-size 224 --norm imagenet --hflip 0.25 --reprob 0.5 --re-max-area 0.25 \
+  --remode const --opt adam --lr 2e-4 --weight-decay 1e-4 --weight-decay-scope all --sched exponential \
+  --decay-rate 0.9 --batch-size 64 --epochs 60"
+# The hybrid: RUL's recipe on ResNet-18 + CBAM, with class-weighted (N/(K n_k)) cross-entropy.
+HYBRID="$RUL --backbone resnet18_cbam --rul-class-weights inverse"
+# DAN on RAF-DB (official rafdb.py): SGD with plain momentum 0.9, lr 0.1, weight decay 1e-4 on every
+# parameter, x0.1 every 10 epochs, 40 epochs, batch 256, flip, random erasing (0.02-0.25); the official
+# RandomApply(rotation 20 + crop with padding 32, p 0.2) is not available here.
+DAN="--method dan --backbone resnet18 --img-size 224 --norm imagenet --hflip 0.5 --reprob 0.5 --re-max-area 0.25 \
+  --remode const --opt momentum --momentum 0.9 --lr 0.1 --weight-decay 1e-4 --weight-decay-scope all --sched step \
+  --decay-epochs 10 --decay-rate 0.1 --batch-size 256 --epochs 40"
+# DAN on AffectNet (official affectnet.py): Adam 1e-4, no weight decay, x0.6 per epoch, 40 epochs, batch 256,
+# class-balanced sampling, random erasing (torchvision's default 0.02-0.33); its RandomAffine is not available here.
+DAN_AFFECTNET="--method dan --backbone resnet18 --img-size 224 --norm imagenet --hflip 0.5 --reprob 0.5 \
+  --re-max-area 0.33 --remode const --opt adam --lr 1e-4 --weight-decay 0 --sched exponential --decay-rate 0.6 \
+  --batch-size 256 --epochs 40 --balanced-sampler"
+AFFECTNET_ROOT="${AFFECTNET_ROOT:-dataset/affectnet}"
 
 need_raf_db() {
   if [ ! -f "$DATA_ROOT/EmoLabel/list_patition_label.txt" ]; then
@@ -40,6 +64,14 @@ need_raf_db() {
     echo "  Put RAF-DB basic at dataset/raf-basic (EmoLabel/list_patition_label.txt and Image/aligned/*.jpg;" >&2
     echo "  see dataset/README.md) or set DATA_ROOT=/path/to/raf-basic." >&2
     echo "  Without RAF-DB, try the pipeline on generated faces: sh train_exp.sh demo" >&2
+    exit 2
+  fi
+}
+
+need_affectnet() {
+  if [ ! -f "$AFFECTNET_ROOT/training.csv" ] && [ ! -f "$AFFECTNET_ROOT/train.txt" ]; then
+    echo "error: AffectNet not found: neither $AFFECTNET_ROOT/training.csv nor $AFFECTNET_ROOT/train.txt exists." >&2
+    echo "  Set AFFECTNET_ROOT=/path/to/affectnet (layouts: data/affectnet.py)." >&2
     exit 2
   fi
 }
@@ -53,7 +85,12 @@ case "$RECIPE" in
   demo)    FLAGS="--dataset demo --data-root ${DEMO_ROOT:-dataset/demo} --backbone resnet18 --img-size 48 \
              --opt adamw --lr 2e-3 --weight-decay 0.05 --sched cosine --warmup-steps 20 --batch-size 32 --epochs 5 \
              --reprob 0.25 --workers 0 --cache-images --overwrite $MEK" ;;
-  *) echo "error: unknown recipe '$RECIPE' (swin, swin-ce, r18, r18-ce, demo)" >&2; exit 2 ;;
+  rul)     need_raf_db; FLAGS="--dataset raf-db --data-root $DATA_ROOT $RUL"; PRETRAINED=pretrained/resnet18_msceleb.pth ;;
+  dan)     need_raf_db; FLAGS="--dataset raf-db --data-root $DATA_ROOT $DAN"; PRETRAINED=pretrained/resnet18_msceleb.pth ;;
+  dan-affectnet) need_affectnet; FLAGS="--dataset affectnet --data-root $AFFECTNET_ROOT $DAN_AFFECTNET"
+           PRETRAINED=pretrained/resnet18_msceleb.pth ;;
+  hybrid)  need_raf_db; FLAGS="--dataset raf-db --data-root $DATA_ROOT $HYBRID"; PRETRAINED=pretrained/resnet18_msceleb.pth ;;
+  *) echo "error: unknown recipe '$RECIPE' (swin, swin-ce, r18, r18-ce, demo, rul, dan, dan-affectnet, hybrid)" >&2; exit 2 ;;
 esac
 if [ -n "$PRETRAINED" ]; then
   if [ -f "$PRETRAINED" ]; then

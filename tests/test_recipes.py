@@ -39,12 +39,28 @@ DEMO = {
     "dataset": "demo", "backbone": "resnet18", "img_size": 48, "epochs": 5, "opt": "adamw", "lr": 2e-3, "weight_decay": 0.05,
     "sched": "cosine", "warmup_steps": 20, "reprob": 0.25, "cache_images": True, "overwrite": True,
 }
+# RUL, DAN and the CBAM hybrid (methods/rul.py, methods/dan.py, models/cbam.py), also at 64 px.
+RUL = {
+    "method": "rul", "dataset": "raf-db", "backbone": "resnet18", "norm": "imagenet", "hflip": 0.25, "reprob": 0.5,
+    "re_max_area": 0.25, "opt": "adam", "lr": 2e-4, "weight_decay": 1e-4, "weight_decay_scope": "all",
+    "sched": "exponential", "decay_rate": 0.9, "epochs": 60, "rul_classifier_lr_mult": 10.0,
+    "rul_class_weights": "none", "img_size": 64,
+}
+HYBRID = {**RUL, "backbone": "resnet18_cbam", "rul_class_weights": "inverse"}
+DAN = {
+    "method": "dan", "dataset": "raf-db", "backbone": "resnet18", "opt": "momentum", "momentum": 0.9, "lr": 0.1,
+    "weight_decay": 1e-4, "weight_decay_scope": "all", "sched": "step", "decay_epochs": 10, "decay_rate": 0.1,
+    "epochs": 40, "reprob": 0.5, "re_max_area": 0.25, "affinity_weight": 1.0, "partition_weight": 1.0, "img_size": 64,
+}
 RECIPES = {
     "swin": ({**SWIN, **MEK}, []),
     "swin-ce": ({**SWIN, **CE}, []),
     "r18": ({**R18, **MEK}, ["--img-size", "64"]),  # 64 px instead of 224: same recipe, ~10x less compute
     "r18-ce": ({**R18, **CE}, ["--img-size", "64"]),
     "demo": ({**DEMO, **MEK}, []),
+    "rul": (RUL, ["--img-size", "64"]),
+    "dan": (DAN, ["--img-size", "64"]),
+    "hybrid": (HYBRID, ["--img-size", "64"]),
 }
 # Swin-T at the recipe's 112 px is the slow part on CPU (a run takes 15-45 s on 2 shared cores).
 # swin runs always; swin-ce differs from it only by the CE flags and runs with RUN_SLOW=1.
