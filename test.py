@@ -38,6 +38,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", choices=["off", "bf16", "fp16"], default=None, help="default: the checkpoint's")
     p.add_argument("--out-dir", default=None, help="where to write the figure and CSV (default: next to the checkpoint)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--network", default=None,
+                   help="which network of a multi-network checkpoint: the main one (default; Face2Exp's student) "
+                        "or a saved extra one, e.g. teacher")
     return p
 
 
@@ -70,6 +73,13 @@ def plot_confusion_matrix(matrix: list[list[int]], classes: list[str], path: Pat
 def main(args: argparse.Namespace) -> dict:
     state = load_checkpoint(args.checkpoint)
     model_config, config = state["model_config"], state.get("config", {})
+    weights = state["model"]
+    networks = state.get("networks", {})
+    if args.network not in (None, "student", "model"):
+        if args.network not in networks:
+            have = ", ".join(["student" if networks else "model", *networks])
+            error_exit(f"{args.checkpoint} has no network {args.network!r}; it holds: {have}")
+        model_config, weights = networks[args.network]["model_config"], networks[args.network]["model"]
     device = resolve_device(args.device)
     amp = args.amp or config.get("amp", "off")
     if amp == "fp16" and device.type != "cuda":
@@ -80,8 +90,8 @@ def main(args: argparse.Namespace) -> dict:
         error_exit(f"{args.checkpoint} does not record its dataset; pass --dataset and --data-root")
 
     model = build_model_from_config(model_config)
-    check_model_fits(state["model"], model, args.checkpoint, model_config)
-    model.load_state_dict(state["model"])
+    check_model_fits(weights, model, args.checkpoint, model_config)
+    model.load_state_dict(weights)
     model.to(device)
     channels_last = bool(config.get("channels_last"))
     if channels_last:
@@ -99,7 +109,7 @@ def main(args: argparse.Namespace) -> dict:
     metrics = classification_metrics(targets.tolist(), predictions.tolist(), len(data.classes))
 
     classes = data.classes
-    print(f"{args.checkpoint} on {dataset} {args.split} ({len(data)} images)")
+    print(f"{args.checkpoint}{f' ({args.network})' if args.network else ''} on {dataset} {args.split} ({len(data)} images)")
     print(f"overall accuracy {metrics['overall_acc'] * 100:.2f}  mean class accuracy {metrics['mean_acc'] * 100:.2f}  "
           f"macro-F1 {metrics['macro_f1'] * 100:.2f}")
     width = max(len(c) for c in classes)
@@ -111,7 +121,7 @@ def main(args: argparse.Namespace) -> dict:
 
     out_dir = Path(args.out_dir) if args.out_dir else Path(args.checkpoint).parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{Path(args.checkpoint).stem}_{args.split}"
+    stem = f"{Path(args.checkpoint).stem}_{args.split}" + (f"_{args.network}" if args.network else "")
     plot_confusion_matrix(metrics["confusion_matrix"], classes, out_dir / f"{stem}_confusion_matrix.png",
                           f"{model_config['backbone']}: overall {metrics['overall_acc'] * 100:.1f}, "
                           f"mean {metrics['mean_acc'] * 100:.1f}")

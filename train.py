@@ -324,6 +324,7 @@ def main(args: argparse.Namespace) -> None:
         return opt, sched
 
     method.setup(MethodContext(args=args, device=device, dist_info=dist_info, augment=augment_config(args),
+                               model=model_without_ddp,
                                train_set=train_set, steps_per_epoch=steps_per_epoch, train_steps=train_steps,
                                make_network=make_network, make_optimizer=make_optimizer))
     options = engine.StepOptions(amp=args.amp, channels_last=args.channels_last, clip_grad=args.clip_grad,

@@ -422,6 +422,53 @@ def generate_demo_dataset(
     return root
 
 
+# ------------------------------------------------------------- unlabelled faces (Face2Exp)
+
+UNLABELED_DIR = Path("unlabeled")
+UNLABELED_LIST = Path("unlabeled.txt")
+_UNLABELED_SPLIT_CODE = 2  # per-image streams [seed, 2, i]: apart from train (0) and test (1)
+
+
+def generate_demo_unlabeled(root: str | Path, num_extra: int = 1400) -> Path:
+    """Add an unlabelled set to the demo dataset at ``root``; returns its list file.
+
+    The list ``ROOT/unlabeled.txt`` (the ``--unlabeled-root`` of ``train_exp.sh face2exp-demo``)
+    names every train image of the demo set, without its label, plus ``num_extra`` more faces
+    drawn the same way (RAF-DB's class proportions, the set's seed and size) under
+    ``ROOT/unlabeled/``, whose expressions are recorded nowhere the training reads
+    (``unlabeled/params.json`` keeps only the generation parameters). Reuses a complete set
+    made with the same parameters; the labelled files are left untouched.
+    """
+    root = Path(root)
+    config = _read_config(root)
+    if config is None or not config.get("complete"):
+        raise ValueError(f"{root} holds no complete demo dataset; generate it first (python -m data.demo ROOT)")
+    params = config["params"]
+    extra_params = {"num_extra": int(num_extra), "seed": params["seed"], "image_size": params["image_size"],
+                    "version": GENERATOR_VERSION}
+    folder = root / UNLABELED_DIR
+    marker = folder / "params.json"
+    names = [f"extra_{i:05d}.jpg" for i in range(1, num_extra + 1)]
+    listed = [str(IMAGE_DIR / _sample_name("train", i).replace(".jpg", "_aligned.jpg"))
+              for i in range(1, params["num_train"] + 1)] + [str(UNLABELED_DIR / name) for name in names]
+    done = (marker.is_file() and json.loads(marker.read_text()) == extra_params
+            and all((folder / name).is_file() for name in names))
+    if not done:
+        folder.mkdir(parents=True, exist_ok=True)
+        marker.unlink(missing_ok=True)
+        if num_extra:
+            labels = _shuffled_labels(class_counts(num_extra), np.random.default_rng([params["seed"], _UNLABELED_SPLIT_CODE]))
+        for index, name in enumerate(names, start=1):
+            image_rng = np.random.default_rng([params["seed"], _UNLABELED_SPLIT_CODE, index])
+            draw_face(int(labels[index - 1]), image_rng, params["image_size"]).save(
+                folder / name, format="JPEG", quality=_JPEG_QUALITY)
+        marker.write_text(json.dumps(extra_params) + "\n")
+    tmp = root / (str(UNLABELED_LIST) + ".tmp")
+    tmp.write_text("".join(f"{line}\n" for line in listed))
+    tmp.replace(root / UNLABELED_LIST)
+    return root / UNLABELED_LIST
+
+
 # ------------------------------------------------------------------------ CLI
 
 def _read_labels(path: Path) -> list[tuple[str, int]]:
@@ -446,6 +493,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="fraction of train labels replaced by another class")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace generator-owned files in a non-empty ROOT")
+    parser.add_argument("--unlabeled", type=int, default=None, metavar="N",
+                        help="also write ROOT/unlabeled.txt: the train images without labels plus N more faces")
     args = parser.parse_args(argv)
     try:
         root = generate_demo_dataset(
@@ -467,6 +516,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     noisy = sum(1 for n, lab in rows if clean[n] != lab)
     print(f"total train {num_train} ({noisy} noisy labels), test {len(rows) - num_train}")
     print(f"demo dataset at {root.resolve()}")
+    if args.unlabeled is not None:
+        listed = generate_demo_unlabeled(root, args.unlabeled)
+        count = len(listed.read_text().splitlines())
+        print(f"unlabelled set: {count} images listed in {listed.resolve()}")
 
 
 if __name__ == "__main__":

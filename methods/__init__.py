@@ -16,13 +16,15 @@ from .base import Method, MethodArgumentError, TrainSchedule
 from .ce import CrossEntropy
 from .dan import DAN
 from .eac import EAC
+from .face2exp import Face2Exp
 from .focal import Focal
 from .ldam import LDAM
 from .logit_adjust import LogitAdjust
 from .mek import MEK
 from .rul import RUL
 
-_REGISTERED: tuple[type[Method], ...] = (MEK, CrossEntropy, EAC, Focal, LDAM, BalancedSoftmax, LogitAdjust, RUL, DAN)
+_REGISTERED: tuple[type[Method], ...] = (MEK, CrossEntropy, EAC, Focal, LDAM, BalancedSoftmax, LogitAdjust, RUL, DAN,
+                                           Face2Exp)
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in _REGISTERED}
 
 

@@ -43,6 +43,7 @@ class MethodContext:
     device: torch.device
     dist_info: Any
     augment: Any  # data.transforms.AugmentConfig of the labelled stream
+    model: nn.Module  # the main network, unwrapped (its parameters are those the main optimiser steps)
     train_set: Any
     steps_per_epoch: int
     train_steps: int  # the --steps/--epochs stage (without Method.extra_steps)
