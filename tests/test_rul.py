@@ -170,3 +170,10 @@ def test_trains_end_to_end_and_test_py_evaluates_mu(raf_root, tmp_path):
     state = torch.load(output / "last.pth", map_location="cpu", weights_only=False)
     assert state["model_config"]["head"] == "rul"
     assert state["optimizer"]["param_groups"][-1]["lr"] == pytest.approx(10 * state["optimizer"]["param_groups"][0]["lr"])
+
+
+def test_hybrid_class_weights_are_inverse_frequency():
+    method = make_method("rul", COUNTS, rul_class_weights="inverse")
+    # a_k = N / (K n_k) with N = 100, K = 3
+    assert method.class_weights.tolist() == pytest.approx([100 / 30, 100 / 90, 100 / 180])
+    assert make_method("rul", COUNTS).class_weights is None
