@@ -290,6 +290,10 @@ def main(args: argparse.Namespace) -> None:
     head = args.head or method_cls.head
     if method_cls.allowed_heads is not None and head not in method_cls.allowed_heads:
         error_exit(f"--method {args.method} cannot use --head {head}; it needs {' or '.join(method_cls.allowed_heads)}")
+    attention_flag = next((f for f in ("rac_weight", "eac_lambda") if getattr(args, f, 0)), None)
+    if attention_flag and not getattr(HEADS[head], "gives_maps", True):
+        error_exit(f"--{attention_flag.replace('_', '-')} needs class attention maps, and --head {head} gives none "
+                   "(use --head cam or norm-linear, or set it to 0)")
     model_without_ddp, model, args.flip_forward = build_network(
         args, args.backbone, head, len(classes), device, dist_info,
         init_checkpoint=args.init_checkpoint if args.init_checkpoint and not args.resume else None)
