@@ -177,3 +177,11 @@ def test_hybrid_class_weights_are_inverse_frequency():
     # a_k = N / (K n_k) with N = 100, K = 3
     assert method.class_weights.tolist() == pytest.approx([100 / 30, 100 / 90, 100 / 180])
     assert make_method("rul", COUNTS).class_weights is None
+
+
+@pytest.mark.parametrize("method,head,flag", [("ce", "rul", "--rac-weight"), ("eac", "dan", "--eac-lambda")])
+def test_attention_terms_are_refused_on_heads_without_maps(method, head, flag, raf_root, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        train.cli(["--method", method, "--head", head, flag, "0.1", *base_flags(raf_root, tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and f"{flag} needs class attention maps, and --head {head} gives none" in err, err
