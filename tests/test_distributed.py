@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 import engine  # noqa: E402
 from data.sampler import ShardSampler  # noqa: E402
-from losses import MEKLoss, class_weights_from_counts  # noqa: E402
+import methods  # noqa: E402
 from utils.optim import build_optimizer  # noqa: E402
 
 from tiny_models import small_swin  # noqa: E402
@@ -58,9 +58,9 @@ def one_step(model: torch.nn.Module, module: torch.nn.Module, images: torch.Tens
     """One engine training step (AdamW); returns the gradients, the updated weights and the loss."""
     optimizer = build_optimizer(module, "adamw", 1e-3, 0.05)
     progress = engine.TrainProgress()
-    criterion = MEKLoss(class_weights_from_counts(RAF_DB_COUNTS), rsl_eps=0.3, rac_weight=0.1)
-    engine.train_one_epoch(model, criterion, [(images, labels, None)], optimizer, NoSchedule(), None, CPU,
-                           engine.StepOptions(flip_forward=flip_forward), progress, max_steps=1, show_progress=False)
+    method = methods.make_method("mek", RAF_DB_COUNTS, flip_forward=flip_forward, rsl_eps=0.3, rac_weight=0.1)
+    engine.train_one_epoch(model, method, [(images, labels, None)], optimizer, NoSchedule(), None, CPU,
+                           engine.StepOptions(), progress, max_steps=1, show_progress=False)
     return {
         "grads": {n: p.grad.detach().clone() for n, p in module.named_parameters()},
         "weights": {n: p.detach().clone() for n, p in module.named_parameters()},
@@ -160,10 +160,14 @@ def test_ddp_step_on_two_ranks_equals_one_process_on_the_whole_batch(ddp_results
             for name, grad in reference["grads"].items():
                 torch.testing.assert_close(rank[flip_forward]["grads"][name], grad, rtol=1e-4, atol=1e-7,
                                            msg=lambda m: f"{flip_forward} grad {name}: {m}")
-                # AdamW's first update is lr * g / (|g| + eps): for gradients near eps (1e-8) float
-                # noise moves it by a fraction of lr (1e-3), hence atol 1e-5 on the weights.
-                torch.testing.assert_close(rank[flip_forward]["weights"][name], reference["weights"][name],
-                                           rtol=1e-5, atol=1e-5, msg=lambda m: f"{flip_forward} weight {name}: {m}")
+                # AdamW's first update is lr * g / (|g| + eps): where |g| is well above eps (1e-8) it is
+                # lr * sign(g) to float precision; for gradients near eps the gradient's own float
+                # noise (atol 1e-7 above) moves it by a sizeable fraction of lr, so those are only
+                # held to lr (1e-3).
+                delta = rank[flip_forward]["weights"][name] - reference["weights"][name]
+                clear = grad.abs() > 1e-6
+                assert not clear.any() or delta[clear].abs().max() <= 1e-6, f"{flip_forward} weight {name}"
+                assert delta.abs().max() <= 1e-3, f"{flip_forward} weight {name}"
 
 
 def test_sharded_evaluation_counts_every_sample_once_and_equals_one_process(ddp_results):
