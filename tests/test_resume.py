@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import train
+from methods.mek import MEK
 from conftest import make_raf_db
 from data import check as data_check
 from utils.logging import read_metrics
@@ -21,6 +22,16 @@ ROOT = Path(__file__).resolve().parent.parent
 RUN = ["--dataset", "demo", "--img-size", "32", "--batch-size", "16", "--workers", "0", "--no-progress",
        "--opt", "adamw", "--lr", "1e-3", "--sched", "cosine", "--warmup-steps", "3", "--epochs", "2",
        "--save-interval", "3", "--seed", "7", "--reprob", "0.5"]
+# The augmentation flags of train_exp.sh's SWIN recipe (the backbone stays resnet18 at 32 px).
+SWIN_AUGMENT = ["--norm", "half", "--interpolation", "bicubic", "--scale-min", "1.0", "--auto-augment",
+                "rand-m9-mstd0.5-inc1", "--color-jitter", "0.4", "--reprob", "0.25", "--remode", "pixel",
+                "--re-max-area", "0.3333"]
+
+
+def with_flag(run: list[str], flag: str, value: str) -> list[str]:
+    """``run`` with ``flag``'s value replaced."""
+    at = run.index(flag)
+    return [*run[:at + 1], value, *run[at + 2:]]
 
 
 def final_state(output: Path):
@@ -45,9 +56,8 @@ def test_same_seed_gives_identical_metrics(reference_run, demo_root, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_sigkill_at_a_random_step_then_resume_matches_uninterrupted_run(reference_run, demo_root, tmp_path):
-    output = tmp_path / "killed"
-    command = [sys.executable, "train.py", *RUN, "--data-root", str(demo_root), "--output", str(output)]
+def _kill_at_a_random_step_then_resume(run: list[str], demo_root: Path, output: Path) -> None:
+    command = [sys.executable, "train.py", *run, "--data-root", str(demo_root), "--output", str(output)]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while not (output / "last.pth").exists() and process.poll() is None and time.time() < deadline:
@@ -62,9 +72,28 @@ def test_sigkill_at_a_random_step_then_resume_matches_uninterrupted_run(referenc
     resumed = subprocess.run([*command, "--resume", "auto"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"at epoch {killed_at // 8}, step {killed_at}" in resumed.stdout
-    a, b = final_state(reference_run), final_state(output)
+
+
+def _assert_same_run(reference: Path, output: Path) -> None:
+    a, b = final_state(reference), final_state(output)
+    assert a["model"].keys() == b["model"].keys()
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    assert metrics_without_time(output) == metrics_without_time(reference_run)
+    assert metrics_without_time(output) == metrics_without_time(reference)
+
+
+def test_sigkill_at_a_random_step_then_resume_matches_uninterrupted_run(reference_run, demo_root, tmp_path):
+    _kill_at_a_random_step_then_resume(RUN, demo_root, tmp_path / "killed")
+    _assert_same_run(reference_run, tmp_path / "killed")
+
+
+def test_sigkill_and_resume_with_the_swin_augmentation_and_two_workers(demo_root, tmp_path):
+    # RandAugment draws from Python's, torch's and NumPy's generators; the two workers are seeded
+    # from the loader's base seed, which a resumed process draws afresh. Only per-sample seeding
+    # of all three (data/base.py) makes the resumed run the uninterrupted one.
+    run = [*with_flag(RUN, "--workers", "2"), *SWIN_AUGMENT]
+    train.cli([*run, "--data-root", str(demo_root), "--output", str(tmp_path / "reference")])
+    _kill_at_a_random_step_then_resume(run, demo_root, tmp_path / "killed")
+    _assert_same_run(tmp_path / "reference", tmp_path / "killed")
 
 
 def test_resume_refuses_a_checkpoint_of_another_model(reference_run, demo_root, tmp_path, capsys):
@@ -77,22 +106,23 @@ def test_resume_refuses_a_checkpoint_of_another_model(reference_run, demo_root, 
 
 
 def _nan_after(step_to_break: int):
-    original = train.MEKLoss.forward
+    """MEK's training step with a NaN RAC term at its (step_to_break + 1)-th call."""
+    original = MEK.training_step
     calls = {"n": 0}
 
-    def forward(self, logits, labels, maps=None, flipped_maps=None):
-        terms = original(self, logits, labels, maps, flipped_maps)
+    def training_step(self, model, images, labels):
+        terms = original(self, model, images, labels)
         calls["n"] += 1
-        if calls["n"] == step_to_break + 1 and self.training:
+        if calls["n"] == step_to_break + 1:
             terms["rac"] = terms["rac"] * float("nan")
             terms["loss"] = terms["rsl"] + terms["rac"]
         return terms
 
-    return forward
+    return training_step
 
 
 def test_nonfinite_loss_stops_with_step_term_and_diagnostic_checkpoint(demo_root, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(train.MEKLoss, "forward", _nan_after(2))
+    monkeypatch.setattr(MEK, "training_step", _nan_after(2))
     with pytest.raises(SystemExit) as exc:
         train.cli([*RUN, "--data-root", str(demo_root), "--output", str(tmp_path / "nan"), "--epochs", "1"])
     assert exc.value.code == 2
@@ -103,7 +133,7 @@ def test_nonfinite_loss_stops_with_step_term_and_diagnostic_checkpoint(demo_root
 
 
 def test_nonfinite_batches_can_be_skipped_and_are_counted(demo_root, tmp_path, monkeypatch):
-    monkeypatch.setattr(train.MEKLoss, "forward", _nan_after(2))
+    monkeypatch.setattr(MEK, "training_step", _nan_after(2))
     train.cli([*RUN, "--data-root", str(demo_root), "--output", str(tmp_path / "skip"), "--epochs", "1", "--skip-nonfinite"])
     record = read_metrics(tmp_path / "skip" / "metrics.jsonl")[-1]
     assert record["skipped_nonfinite"] == 1
