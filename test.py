@@ -5,6 +5,12 @@
 The model and the evaluation settings (dataset, image size, normalisation, precision, batch
 size) come from the checkpoint, so the numbers equal those train.py logged for it. Writes
 ``confusion_matrix.png`` and ``predictions.csv`` next to the checkpoint (or to --out-dir).
+
+Cross-dataset: ``--dataset``/``--data-root`` of another dataset (a folder root may hold only
+``test/`` or ``val/``) whose classes may differ. Evaluation is on the classes both have: images of
+classes the model lacks are removed (counted and named), the logits of model classes the data
+lacks are ignored (prediction = argmax over the shared classes' logits), and every metric is over
+the shared classes (``cross_dataset`` in the metrics JSON says what was dropped).
 """
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import engine
-from data import DatasetError, build_dataset
+from data import DatasetError, ImageListDataset, Sample, build_dataset
 from data.transforms import AugmentConfig, build_eval_transform
 from models import build_model_from_config
 from train import NORMALISATIONS, resolve_device, worker_error_message
@@ -70,6 +76,31 @@ def plot_confusion_matrix(matrix: list[list[int]], classes: list[str], path: Pat
     plt.close(fig)
 
 
+def shared_class_subset(data, model_classes: list[str], where: str):
+    """``data`` restricted to the classes the model also has, labels renumbered in the dataset's order.
+
+    Returns (data, model logit index of each shared class or None when the class sets are equal,
+    a summary for the report or None).
+    """
+    if data.classes == model_classes:
+        return data, None, None
+    shared = [c for c in data.classes if c in model_classes]
+    if not shared:
+        error_exit(f"{where} has classes {data.classes}, none of which the checkpoint has ({model_classes})")
+    counts = data.class_counts()
+    dropped = {c: n for c, n in zip(data.classes, counts) if c not in model_classes}
+    samples = [Sample(s.path, shared.index(data.classes[s.label])) for s in data.samples
+               if data.classes[s.label] in model_classes]
+    if not samples:
+        error_exit(f"{where}: no images of the shared classes {shared}")
+    subset = ImageListDataset(samples, shared, data.transform, skip_bad_images=data.skip_bad_images, source=data.source)
+    cross = {"shared_classes": shared, "dropped_dataset_classes": dropped,
+             "excluded_model_classes": [c for c in model_classes if c not in data.classes],
+             "images_removed": sum(dropped.values()), "images_total": len(data),
+             "prediction": "argmax over the shared classes' logits"}
+    return subset, [model_classes.index(c) for c in shared], cross
+
+
 def main(args: argparse.Namespace) -> dict:
     state = load_checkpoint(args.checkpoint)
     model_config, config = state["model_config"], state.get("config", {})
@@ -100,18 +131,33 @@ def main(args: argparse.Namespace) -> dict:
     mean, std = NORMALISATIONS[model_config.get("norm", "imagenet")]
     transform = build_eval_transform(AugmentConfig(img_size=model_config["img_size"], mean=mean, std=std,
                                                    interpolation=model_config.get("interpolation", "bilinear")))
-    data = build_dataset(dataset, data_root, args.split, transform, num_classes=config.get("num_classes"))
-    if data.classes != model_config["classes"]:
-        error_exit(f"{dataset} at {data_root} has classes {data.classes}, the checkpoint {model_config['classes']}")
+    # Cross-dataset evaluation (another dataset or root): all of its classes, then the shared ones.
+    same_data = dataset == config.get("dataset") and str(data_root) == str(config.get("data_root"))
+    data = build_dataset(dataset, data_root, args.split, transform,
+                         num_classes=config.get("num_classes") if same_data else None)
+    model_classes = list(model_config["classes"])
+    data, shared_logits, cross = shared_class_subset(data, model_classes, f"{dataset} at {data_root}")
     batch_size = args.batch_size or config.get("eval_batch_size") or 2 * config.get("batch_size", 32)
     loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=args.workers)
     indices, targets, predictions, probs = engine.predict(model, loader, device, amp, channels_last, not args.no_progress)
+    if shared_logits is not None:  # argmax over the shared classes' logits (= over their softmax probabilities)
+        predictions = probs[:, shared_logits].argmax(1)
     metrics = classification_metrics(targets.tolist(), predictions.tolist(), len(data.classes))
+    if cross is not None:
+        metrics["cross_dataset"] = cross
 
     classes = data.classes
     print(f"{args.checkpoint}{f' ({args.network})' if args.network else ''} on {dataset} {args.split} ({len(data)} images)")
     print(f"overall accuracy {metrics['overall_acc'] * 100:.2f}  mean class accuracy {metrics['mean_acc'] * 100:.2f}  "
           f"macro-F1 {metrics['macro_f1'] * 100:.2f}")
+    if cross is not None:
+        print(f"cross-dataset: metrics over the {len(classes)} shared classes ({', '.join(classes)}); "
+              "prediction = argmax over the shared classes' logits")
+        print("  dataset classes the model lacks (dropped): " + (", ".join(
+            f"{c} ({n} images removed)" for c, n in cross["dropped_dataset_classes"].items()) or "none")
+              + f"; {cross['images_removed']} of {cross['images_total']} images removed")
+        print("  model classes the dataset lacks (logits excluded): "
+              + (", ".join(cross["excluded_model_classes"]) or "none"))
     width = max(len(c) for c in classes)
     for name, acc in zip(classes, metrics["per_class_acc"]):
         print(f"  {name:<{width}}  {acc * 100:6.2f}")
@@ -127,7 +173,7 @@ def main(args: argparse.Namespace) -> dict:
                           f"mean {metrics['mean_acc'] * 100:.1f}")
     with open(out_dir / f"{stem}_predictions.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["path", "label", "prediction", *[f"p_{c}" for c in classes]])
+        writer.writerow(["path", "label", "prediction", *[f"p_{c}" for c in model_classes]])
         for index, target, prediction, p in zip(indices.tolist(), targets.tolist(), predictions.tolist(), probs.tolist()):
             writer.writerow([str(data.samples[index].path), classes[target], classes[prediction], *[f"{x:.5f}" for x in p]])
     (out_dir / f"{stem}_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")

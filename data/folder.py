@@ -59,8 +59,13 @@ def folder_samples(root: Path, split: str, label_file: Path | None = None, num_c
         raise DatasetError("--label-file applies to list-based datasets (raf-db), not to the folder layout")
     if not root.is_dir():
         raise DatasetError(f"dataset root not found: {root}")
-    classes = folder_classes(root, num_classes)
     directory = split_dir(root, split)
+    if split != "train" and not (root / "train").is_dir():
+        # An evaluation-only root (test/ or val/ alone, e.g. test.py on another dataset): its own classes.
+        present = _class_dirs(directory)
+        classes = [c for c in CANONICAL_CLASSES if c in present][:num_classes]
+    else:
+        classes = folder_classes(root, num_classes)
     samples = []
     for name, sub in _class_dirs(directory).items():
         if name not in classes:
