@@ -1,0 +1,696 @@
+"""Every method side by side: same data, same budget, several seeds, one command.
+
+    python bench/compare.py --dataset folder --data-root ../shared/data/fer2013 \
+        --methods ce,mek,eac,focal --seeds 0 --arm-seeds ce=0,1 --arm-seeds mek=0,1 \
+        --steps 1344 --common "--backbone resnet18 --img-size 112 --batch-size 64" --output runs/cmp
+
+Arms. ``--methods`` is a comma-separated list; each item is a registered method name
+(``ce``, ``mek``, ...) optionally followed by ``:`` and extra train.py flags written with ``=``
+and separated by spaces, e.g. ``mek:--class-weight-power=0.5 --rac-weight=0.03`` (its arm name
+is derived from the flags: ``mek_class-weight-power=0.5_rac-weight=0.03``). For anything
+else (commas in a value, a name of your own) use ``--arm NAME="--method mek --rsl-eps 0.1"``
+(repeatable). The arm called ``ce`` (``--baseline``) is the reference of the paired differences.
+
+Budget. ``--steps N`` or ``--epochs N`` and ``--common "<train.py flags>"`` (backbone, image
+size, batch, lr, ...) go to every arm unchanged; ``--dataset``, ``--data-root``, ``--seed``,
+``--output``, ``--steps``, ``--epochs``, ``--resume`` and ``--overwrite`` are set by this
+script and refused in ``--common`` and in an arm's flags. Seeds: ``--seeds 0,1`` for every arm,
+``--arm-seeds NAME=0,1,2`` (repeatable) for one arm.
+
+Each arm and seed trains in ``OUTPUT/<arm>/seed<S>/`` (train.py's output there, its stdout and
+stderr in ``train.log``) as a ``train.py`` subprocess, ``--lanes N`` at a time (default 1), with
+the CPU's cores divided between the lanes (``OMP_NUM_THREADS``; ``--threads`` overrides) and at
+``--nice`` priority. Resumable: an arm is done when ``done.json`` is there or its metrics.jsonl
+holds an evaluation at its total step count and last.pth exists (skipped); an arm that was
+stopped resumes with ``--resume auto``; rerunning the same command continues where it stopped.
+A second compare.py on the same OUTPUT is refused while the first runs; an arm's flags may not
+change between runs (the recorded command must match).
+
+After each arm, and at the end, writes to OUTPUT (``--report-only`` just rewrites them):
+``results.csv`` (a row per arm and seed: last_ and best_ evaluation metrics as fractions, best =
+highest mean class accuracy on the evaluation split, optimistic), ``RESULTS.md`` (mean and std
+over seeds, paired differences to the baseline with a stated noise rule), ``per_class_recall.png``
+and ``mean_acc_curves.png``. Bad input: one ``error:`` line, exit 2. A failed arm: exit 1 at the
+end, with the other arms run and reported.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+RESERVED = ("--dataset", "--data-root", "--seed", "--output", "--steps", "--epochs", "--resume", "--overwrite")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")
+METRICS = (("overall_acc", "overall"), ("mean_acc", "mean class acc"), ("macro_f1", "macro-F1"))
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+# ----------------------------------------------------------------------------- arms
+
+
+@dataclass
+class Arm:
+    name: str
+    method: str
+    flags: list[str]          # the arm's own train.py flags (besides --method)
+    seeds: list[int] = field(default_factory=list)
+
+    @property
+    def flags_text(self) -> str:
+        return " ".join(shlex.quote(f) for f in self.flags)
+
+
+def parse_seeds(text: str, what: str = "--seeds") -> list[int]:
+    items = [s.strip() for s in text.split(",")]
+    if not text.strip() or any(not re.fullmatch(r"\d+", s) for s in items):
+        fail(f"{what} {text!r} is not a comma-separated list of non-negative integers (e.g. 0,1,2)")
+    seeds = [int(s) for s in items]
+    if len(set(seeds)) != len(seeds):
+        fail(f"{what} {text!r} repeats a seed")
+    return seeds
+
+
+def _slug(method: str, flags: list[str]) -> str:
+    parts = [method] + [re.sub(r"[^A-Za-z0-9._=+-]", "_", f.lstrip("-")) for f in flags]
+    return "_".join(p for p in parts if p)
+
+
+def parse_arms(methods_text: str | None, arm_specs: list[str]) -> list[Arm]:
+    arms: list[Arm] = []
+    for item in [s.strip() for s in (methods_text or "").split(",") if s.strip()]:
+        method, _, extra = item.partition(":")
+        flags = shlex.split(extra)
+        arms.append(Arm(_slug(method.strip(), flags) if flags else method.strip(), method.strip(), flags))
+    for spec in arm_specs:
+        name, eq, text = spec.partition("=")
+        if not eq or not name.strip():
+            fail(f"--arm {spec!r} is not NAME=\"--method M [flags]\"")
+        tokens = shlex.split(text)
+        method = "mek"
+        rest: list[str] = []
+        i = 0
+        while i < len(tokens):
+            tok = tokens[i]
+            if tok == "--method" and i + 1 < len(tokens):
+                method, i = tokens[i + 1], i + 2
+                continue
+            if tok.startswith("--method="):
+                method = tok.split("=", 1)[1]
+            else:
+                rest.append(tok)
+            i += 1
+        if "--method" not in " ".join(tokens):
+            fail(f"--arm {name}: name its method (\"--method M ...\")")
+        arms.append(Arm(name.strip(), method, rest))
+    if not arms:
+        fail("no arms: pass --methods ce,mek,... and/or --arm NAME=\"--method M ...\"")
+    seen = set()
+    for arm in arms:
+        if not NAME_RE.match(arm.name):
+            fail(f"arm name {arm.name!r} has characters outside [A-Za-z0-9._=+-]")
+        if arm.name in seen:
+            fail(f"arm {arm.name!r} is given twice")
+        seen.add(arm.name)
+    return arms
+
+
+def reserved_flag(tokens: list[str]) -> str | None:
+    for tok in tokens:
+        if tok.split("=", 1)[0] in RESERVED:
+            return tok.split("=", 1)[0]
+    return None
+
+
+def check_arm_flags(arm: Arm, common: list[str], dataset: str) -> None:
+    """Refuse an unknown method, a flag of another method or a flag train.py does not know."""
+    import methods
+    import train
+
+    if arm.method not in methods.METHODS:
+        fail(f"arm {arm.name}: method {arm.method!r} is unknown; choose from {', '.join(sorted(methods.METHODS))}")
+    bad = reserved_flag(arm.flags)
+    if bad:
+        fail(f"arm {arm.name}: {bad} is set by compare.py for every arm (use its own flags)")
+    argv = ["--method", arm.method, "--dataset", dataset, *common, *arm.flags]
+    try:
+        methods.check_foreign_flags(argv, arm.method)
+    except ValueError as exc:
+        fail(f"arm {arm.name}: {exc}")
+    parser = train.get_args_parser(arm.method)
+
+    def _error(message: str) -> None:
+        fail(f"arm {arm.name}: train.py would refuse its flags: {message}")
+
+    parser.error = _error  # type: ignore[method-assign]
+    parser.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- run state
+
+
+def read_records(path: Path) -> list[dict]:
+    records = []
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a half-written last line of a running arm
+        if isinstance(record, dict) and "step" in record and "mean_acc" in record:
+            records.append(record)
+    return records
+
+
+def total_steps_of(run_dir: Path) -> int | None:
+    try:
+        return int(json.loads((run_dir / "config.json").read_text())["total_steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def is_done(run_dir: Path) -> bool:
+    if (run_dir / "done.json").is_file():
+        return True
+    total = total_steps_of(run_dir)
+    records = read_records(run_dir / "metrics.jsonl")
+    return bool(total and records and records[-1]["step"] >= total and (run_dir / "last.pth").is_file())
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def running_pid(lock: Path, needle: str) -> int | None:
+    """The pid in ``lock`` if that process is alive and its command line holds ``needle``."""
+    try:
+        pid = int(lock.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    if pid == os.getpid() or not pid_alive(pid):
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return pid
+    return pid if needle in cmdline else None
+
+
+# ----------------------------------------------------------------------------- running
+
+
+class Runner:
+    def __init__(self, args: argparse.Namespace, arms: list[Arm], common: list[str]) -> None:
+        self.args, self.arms, self.common = args, arms, common
+        self.out = Path(args.output)
+        self.lock = threading.Lock()
+        self.children: dict[int, subprocess.Popen] = {}
+        self.failed: list[str] = []
+        self.stopping = False
+        cores = os.cpu_count() or 1
+        self.threads = args.threads or max(1, cores // args.lanes)
+        self.popen = subprocess.Popen
+
+    def command(self, arm: Arm, seed: int) -> list[str]:
+        budget = ["--steps", str(self.args.steps)] if self.args.steps else ["--epochs", str(self.args.epochs)]
+        cmd = [self.args.python, str(REPO / "train.py"), "--method", arm.method, "--dataset", self.args.dataset]
+        if self.args.data_root:
+            cmd += ["--data-root", self.args.data_root]
+        return cmd + budget + self.common + arm.flags + ["--seed", str(seed)]
+
+    def run_arm(self, arm: Arm, seed: int) -> None:
+        run_dir = self.out / arm.name / f"seed{seed}"
+        label = f"{arm.name} seed {seed}"
+        cmd = self.command(arm, seed)
+        recorded = run_dir / "command.json"
+        if is_done(run_dir):
+            self.say(f"== {label}: done, skipped")
+            return
+        pid = running_pid(run_dir / "train.pid", "train.py")
+        if pid:
+            self.say(f"== {label}: being trained by pid {pid} (another process), skipped")
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        recorded.write_text(json.dumps({"argv": cmd[2:]}, indent=1) + "\n")
+        resume = (run_dir / "last.pth").is_file()
+        full = cmd + ["--output", str(run_dir)] + (["--resume", "auto"] if resume else ["--overwrite"])
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads),
+               "PYTHONUNBUFFERED": "1"}
+        env.pop("PYTHONPATH", None)
+        self.say(f"== {label}: {'resuming' if resume else 'starting'} ({self.threads} threads) "
+                 f"{_dt.datetime.now().strftime('%H:%M:%S')}; log {run_dir / 'train.log'}")
+        start = time.time()
+        nice = self.args.nice
+        with open(run_dir / "train.log", "a", encoding="utf-8") as log:
+            log.write(f"\n# {_dt.datetime.now().isoformat(timespec='seconds')} {shlex.join(full)}\n")
+            log.flush()
+            with self.lock:
+                if self.stopping:
+                    return
+                prefix = ["nice", "-n", str(nice)] if nice else []  # nice execs train.py: same pid
+                proc = self.popen(prefix + full, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        env=env)
+                self.children[proc.pid] = proc
+            (run_dir / "train.pid").write_text(f"{proc.pid}\n")
+            rc = proc.wait()
+            with self.lock:
+                self.children.pop(proc.pid, None)
+        wall = time.time() - start
+        timing = run_dir / "wall_time.json"
+        previous = json.loads(timing.read_text()).get("wall_s", 0.0) if timing.is_file() else 0.0
+        timing.write_text(json.dumps({"wall_s": round(previous + wall, 1)}) + "\n")
+        (run_dir / "train.pid").unlink(missing_ok=True)
+        if rc == 0 and is_done(run_dir):
+            (run_dir / "done.json").write_text(json.dumps({"wall_s": round(previous + wall, 1),
+                                                           "total_steps": total_steps_of(run_dir)}) + "\n")
+            rec = read_records(run_dir / "metrics.jsonl")[-1]
+            self.say(f"== {label}: done in {wall:.0f}s: overall {rec['overall_acc'] * 100:.2f} "
+                     f"mean {rec['mean_acc'] * 100:.2f} macro-F1 {rec['macro_f1'] * 100:.2f}")
+        elif not self.stopping:
+            tail = (run_dir / "train.log").read_text(errors="replace").strip().splitlines()[-1:]
+            self.say(f"== {label}: FAILED (exit {rc}) after {wall:.0f}s; see {run_dir / 'train.log'}: "
+                     f"{tail[0] if tail else ''}")
+            with self.lock:
+                self.failed.append(label)
+        with self.lock:
+            try:
+                write_report(self.out, self.arms, self.args)
+            except Exception as exc:  # noqa: BLE001 -- a report problem must not stop the other arms
+                self.say(f"warning: could not write the report: {type(exc).__name__}: {exc}")
+
+    def say(self, message: str) -> None:
+        print(message, flush=True)
+
+    def stop(self, signum, frame) -> None:  # noqa: ARG002
+        with self.lock:
+            self.stopping = True
+            for proc in self.children.values():
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGINT)  # train.py exits cleanly; last.pth keeps its progress
+        self.say(f"compare.py: signal {signum}; stopping the running arm(s); rerun the same command to resume")
+
+    def run(self) -> None:
+        jobs = []
+        depth = max(len(a.seeds) for a in self.arms)
+        for i in range(depth):  # the first seed of every arm, then the second, ...
+            jobs += [(arm, arm.seeds[i]) for arm in self.arms if i < len(arm.seeds)]
+        for arm, seed in jobs:  # before anything runs: an arm's flags may not change between runs
+            run_dir = self.out / arm.name / f"seed{seed}"
+            recorded = run_dir / "command.json"
+            if recorded.is_file():
+                before = json.loads(recorded.read_text()).get("argv")
+                now = self.command(arm, seed)[2:]
+                if before != now:
+                    fail(f"{arm.name} seed {seed}: {run_dir} was started with other flags ({shlex.join(before or [])}); "
+                         f"now {shlex.join(now)}. Use another --output, or delete that folder")
+        pending = list(jobs)
+        queue_lock = threading.Lock()
+
+        def lane() -> None:
+            while not self.stopping:
+                with queue_lock:
+                    if not pending:
+                        return
+                    arm, seed = pending.pop(0)
+                self.run_arm(arm, seed)
+
+        workers = [threading.Thread(target=lane, daemon=True) for _ in range(self.args.lanes)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            while w.is_alive():
+                w.join(0.5)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def collect(out: Path, arms: list[Arm]) -> list[dict]:
+    """One row per arm and seed that has at least one evaluation."""
+    rows = []
+    for arm in arms:
+        for seed in arm.seeds:
+            run_dir = out / arm.name / f"seed{seed}"
+            records = read_records(run_dir / "metrics.jsonl")
+            if not records:
+                continue
+            last = records[-1]
+            best = max(records, key=lambda r: r["mean_acc"])  # first of ties, as train.py's best.pth
+            wall = None
+            for name in ("done.json", "wall_time.json"):
+                if (run_dir / name).is_file():
+                    wall = json.loads((run_dir / name).read_text()).get("wall_s")
+                    break
+            try:
+                version = json.loads((run_dir / "config.json").read_text()).get("code_version", "")
+            except (OSError, ValueError):
+                version = ""
+            rows.append({"arm": arm.name, "method": arm.method, "flags": arm.flags_text, "seed": seed,
+                         "status": "done" if is_done(run_dir) else "incomplete", "total_steps": total_steps_of(run_dir),
+                         "wall_s": wall, "code_version": version, "classes": last["classes"],
+                         "last": last, "best": best, "curve": [(r["step"], r["mean_acc"]) for r in records]})
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    classes = next((r["classes"] for r in rows), [])
+    head = ["arm", "method", "flags", "seed", "status", "total_steps", "wall_s", "code_version"]
+    for which in ("last", "best"):
+        head += [f"{which}_step", f"{which}_overall_acc", f"{which}_mean_acc", f"{which}_macro_f1"]
+        head += [f"{which}_recall_{c}" for c in classes]
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(head)
+        for r in rows:
+            line = [r["arm"], r["method"], r["flags"], r["seed"], r["status"], r["total_steps"],
+                    r["wall_s"] if r["wall_s"] is not None else "", r["code_version"]]
+            for which in ("last", "best"):
+                rec = r[which]
+                line += [rec["step"], repr(rec["overall_acc"]), repr(rec["mean_acc"]), repr(rec["macro_f1"])]
+                line += [repr(x) for x in rec["per_class_acc"]]
+            writer.writerow(line)
+    os.replace(tmp, path)
+
+
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    m = sum(values) / len(values)
+    if len(values) < 2:
+        return m, None
+    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+def fmt(m: float, s: float | None) -> str:
+    return f"{m * 100:.2f}" + (f" ± {s * 100:.2f}" if s is not None else "")
+
+
+def verdict(diffs: list[float], ce_std: float | None) -> str:
+    """The noise rule stated in RESULTS.md."""
+    m, s = mean_std(diffs)
+    if len(diffs) >= 2:
+        noise, basis = 2 * s, "2 × std of paired diffs"
+    elif ce_std is not None:
+        noise, basis = 2 * ce_std, "2 × std of baseline over seeds"
+    else:
+        return "noise unknown (1 seed)"
+    if abs(m) < noise:
+        return f"within seed noise (|{m * 100:.2f}| < {noise * 100:.2f} = {basis})"
+    return f"{'better' if m > 0 else 'worse'} beyond seed noise ({m * 100:+.2f}, noise {noise * 100:.2f} = {basis})"
+
+
+def machine_line() -> str:
+    model = platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import torch
+        tv = torch.__version__
+    except ImportError:  # pragma: no cover
+        tv = "?"
+    return f"{model}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, torch {tv}"
+
+
+def write_markdown(path: Path, rows: list[dict], arms: list[Arm], args: argparse.Namespace) -> None:
+    done = [r for r in rows if r["status"] == "done"]
+    classes = next((r["classes"] for r in rows), [])
+    by_arm = {a.name: [r for r in done if r["arm"] == a.name] for a in arms}
+    base = by_arm.get(args.baseline, [])
+    base_by_seed = {r["seed"]: r for r in base}
+    budget = f"--steps {args.steps}" if args.steps else f"--epochs {args.epochs}"
+    lines = [
+        "# Method comparison (bench/compare.py)",
+        "",
+        f"- Written {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}; machine: {machine_line()}.",
+        f"- Dataset `{args.dataset}` at `{args.data_root or '(default root)'}`; budget `{budget}`; "
+        f"common flags `{' '.join(shlex.quote(c) for c in shlex.split(args.common))}`.",
+        "- Arms (method, extra flags, seeds): " + "; ".join(
+            f"`{a.name}` = {a.method}{(' ' + a.flags_text) if a.flags else ''} [{','.join(map(str, a.seeds))}]"
+            for a in arms) + ".",
+        "- Metrics in % on the dataset's evaluation split: overall accuracy, mean class accuracy (mean of "
+        "per-class recalls), macro-F1, per-class recall. **last** = the evaluation at the end of the budget "
+        "(nothing selected on the evaluation split); **best** = the evaluation with the highest mean class "
+        "accuracy (selected on the evaluation split, so optimistic).",
+        f"- Mean ± sample standard deviation over the seeds that finished; paired differences are arm minus "
+        f"`{args.baseline}` on the same seed.",
+        f"- **Noise rule**: a difference in mean class accuracy (or overall) is *within seed noise* when "
+        f"|mean of paired differences| < 2 × their standard deviation (≥ 2 paired seeds); with one paired seed, "
+        f"when |difference| < 2 × the standard deviation of `{args.baseline}` across its seeds; with neither, "
+        "the noise is unknown and no claim is made.",
+        "",
+    ]
+    missing = [f"{a.name} seed {s}" for a in arms for s in a.seeds
+               if not any(r["arm"] == a.name and r["seed"] == s for r in done)]
+    if missing:
+        running = [f"{r['arm']} seed {r['seed']} (at step {r['last']['step']} of {r['total_steps']})"
+                   for r in rows if r["status"] != "done"]
+        lines += [f"**Not finished yet** ({len(missing)}): {', '.join(missing)}."
+                  + (f" In progress: {', '.join(running)}." if running else ""), ""]
+    short = [c[:3] for c in classes]
+    for which, title in (("last", "Last evaluation"), ("best", "Best evaluation (selected on the evaluation split)")):
+        lines += [f"## {title}", "",
+                  "| arm | seeds | steps | overall | mean class acc | macro-F1 | " + " | ".join(short) + " |",
+                  "|---|---:|---:|---:|---:|---:|" + "---:|" * len(short)]
+        for arm in arms:
+            rs = by_arm[arm.name]
+            if not rs:
+                continue
+            cells = [fmt(*mean_std([r[which][k] for r in rs])) for k, _ in METRICS]
+            recalls = [f"{mean_std([r[which]['per_class_acc'][i] for r in rs])[0] * 100:.1f}" for i in range(len(classes))]
+            steps = "/".join(sorted({str(r[which]["step"]) for r in rs}))
+            lines.append(f"| {arm.name} | {len(rs)} | {steps} | " + " | ".join(cells) + " | " + " | ".join(recalls) + " |")
+        lines.append("")
+    ce_std = {k: mean_std([r["last"][k] for r in base])[1] if len(base) >= 2 else None for k in ("overall_acc", "mean_acc")}
+    lines += [f"## Paired difference to `{args.baseline}` (last evaluation, percentage points)", ""]
+    if not base:
+        lines += [f"No finished `{args.baseline}` arm yet: no paired differences.", ""]
+    else:
+        lines += ["| arm | paired seeds | Δ overall | Δ mean class acc | Δ macro-F1 | " + " | ".join(f"Δ {s}" for s in short)
+                  + " | mean class acc: verdict | overall: verdict |",
+                  "|---|---|---:|---:|---:|" + "---:|" * len(short) + "---|---|"]
+        for arm in arms:
+            if arm.name == args.baseline:
+                continue
+            pairs = [(r, base_by_seed[r["seed"]]) for r in by_arm[arm.name] if r["seed"] in base_by_seed]
+            if not pairs:
+                continue
+            diff = {k: [a["last"][k] - b["last"][k] for a, b in pairs] for k, _ in METRICS}
+            cells = [fmt(*mean_std(diff[k])) for k, _ in METRICS]
+            recalls = [f"{mean_std([a['last']['per_class_acc'][i] - b['last']['per_class_acc'][i] for a, b in pairs])[0] * 100:+.1f}"
+                       for i in range(len(classes))]
+            lines.append(f"| {arm.name} | {','.join(str(a['seed']) for a, _ in pairs)} | " + " | ".join(cells) + " | "
+                         + " | ".join(recalls) + f" | {verdict(diff['mean_acc'], ce_std['mean_acc'])} | "
+                         f"{verdict(diff['overall_acc'], ce_std['overall_acc'])} |")
+        lines.append("")
+        if len(base) >= 2:
+            lines += [f"Seed noise of `{args.baseline}` itself ({len(base)} seeds): overall std "
+                      f"{ce_std['overall_acc'] * 100:.2f}, mean class acc std {ce_std['mean_acc'] * 100:.2f}.", ""]
+    lines += ["Per-class columns use the first three letters of: " + ", ".join(classes) + ".", "",
+              "Figures: `per_class_recall.png` (last evaluation, mean over seeds, bars ± std), "
+              "`mean_acc_curves.png` (mean class accuracy at every evaluation, every arm and seed); every arm's "
+              "own `curves.png` in its run folder. Raw numbers: `results.csv`.", ""]
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_figures(out: Path, rows: list[dict], arms: list[Arm]) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not rows:
+        return
+    classes = rows[0]["classes"]
+    done = [r for r in rows if r["status"] == "done"]
+    shown = [a for a in arms if any(r["arm"] == a.name for r in done)]
+    if shown:
+        fig = Figure(figsize=(max(7.0, 1.2 * len(classes) + 0.25 * len(shown) * len(classes)), 4.2))
+        FigureCanvasAgg(fig)
+        ax = fig.subplots()
+        width = 0.8 / len(shown)
+        for j, arm in enumerate(shown):
+            rs = [r for r in done if r["arm"] == arm.name]
+            stats = [mean_std([r["last"]["per_class_acc"][i] for r in rs]) for i in range(len(classes))]
+            xs = [i - 0.4 + width * (j + 0.5) for i in range(len(classes))]
+            ax.bar(xs, [m * 100 for m, _ in stats], width, yerr=[(s or 0) * 100 for _, s in stats],
+                   label=f"{arm.name} (n={len(rs)})", color=f"C{j % 10}", capsize=2)
+        ax.set_xticks(range(len(classes)), classes, rotation=20)
+        ax.set(ylabel="recall (%)", title="Per-class recall, last evaluation (mean over seeds)", ylim=(0, 100))
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        _save(fig, out / "per_class_recall.png")
+    fig = Figure(figsize=(8, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    styles = ["-", "--", ":", "-."]
+    for j, arm in enumerate(arms):
+        for r in [r for r in rows if r["arm"] == arm.name]:
+            k = arm.seeds.index(r["seed"]) if r["seed"] in arm.seeds else 0
+            xs, ys = zip(*r["curve"])
+            ax.plot(xs, [y * 100 for y in ys], styles[k % 4], color=f"C{j % 10}", marker=".",
+                    label=f"{arm.name} s{r['seed']}" + ("" if r["status"] == "done" else " (running)"))
+    ax.set(xlabel="step", ylabel="mean class accuracy (%)", title="Mean class accuracy on the evaluation split")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    _save(fig, out / "mean_acc_curves.png")
+
+
+def _save(fig, path: Path) -> None:
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    os.replace(tmp, path)
+
+
+def write_report(out: Path, arms: list[Arm], args: argparse.Namespace) -> list[dict]:
+    rows = collect(out, arms)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "results.csv", rows)
+    write_markdown(out / "RESULTS.md", rows, arms, args)
+    write_figures(out, rows, arms)
+    try:
+        from utils.plot import plot_curves
+        for r in rows:
+            plot_curves(out / r["arm"] / f"seed{r['seed']}")
+    except ImportError:  # pragma: no cover
+        pass
+    return rows
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("bench/compare.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 2)[2])
+    p.add_argument("--dataset", required=True, help="a registered dataset: raf-db, folder, ferplus, affectnet, demo, ...")
+    p.add_argument("--data-root", default=None, help="dataset root (default: the dataset's default root)")
+    p.add_argument("--methods", default=None, help="comma-separated arms: METHOD or METHOD:--flag=value --flag2=value")
+    p.add_argument("--arm", action="append", default=[], metavar='NAME="--method M FLAGS"', help="a named arm (repeatable)")
+    p.add_argument("--seeds", default="0", help="seeds of every arm, comma-separated")
+    p.add_argument("--arm-seeds", action="append", default=[], metavar="ARM=S,S", help="seeds of one arm (repeatable)")
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--steps", type=int, help="optimiser steps per arm")
+    budget.add_argument("--epochs", type=int, help="epochs per arm")
+    p.add_argument("--common", default="", help="train.py flags for every arm (quoted), e.g. \"--img-size 112 --batch-size 64\"")
+    p.add_argument("--baseline", default="ce", help="arm the paired differences are taken against")
+    p.add_argument("--output", required=True, help="output directory")
+    p.add_argument("--lanes", type=int, default=1, help="arms trained at the same time")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per arm (default: CPU cores / lanes)")
+    p.add_argument("--nice", type=int, default=0, help="niceness added to each training process")
+    p.add_argument("--python", default=sys.executable, help="interpreter for train.py")
+    p.add_argument("--report-only", action="store_true", help="train nothing; rewrite the report from what has finished")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[Arm], list[str]]:
+    parser = get_args_parser()
+    parser.error = lambda message: fail(message)  # type: ignore[method-assign]
+    args = parser.parse_args(argv)
+    from data import DATASETS
+
+    if args.dataset not in DATASETS:
+        fail(f"--dataset {args.dataset!r} is unknown; choose from {', '.join(sorted(DATASETS))}")
+    if args.data_root and not Path(args.data_root).is_dir():
+        fail(f"--data-root {args.data_root} is not a directory")
+    if args.data_root:
+        args.data_root = str(Path(args.data_root).resolve())
+    args.output = str(Path(args.output).resolve())
+    for flag in ("steps", "epochs", "lanes"):
+        value = getattr(args, flag)
+        if value is not None and value <= 0:
+            fail(f"--{flag} must be positive")
+    if args.threads is not None and args.threads <= 0:
+        fail("--threads must be positive")
+    seeds = parse_seeds(args.seeds)
+    arms = parse_arms(args.methods, args.arm)
+    for spec in args.arm_seeds:
+        name, eq, text = spec.partition("=")
+        match = [a for a in arms if a.name == name]
+        if not eq or not match:
+            fail(f"--arm-seeds {spec!r}: expected ARM=S,S with ARM one of {', '.join(a.name for a in arms)}")
+        match[0].seeds = parse_seeds(text, f"--arm-seeds {name}=")
+    for arm in arms:
+        arm.seeds = arm.seeds or list(seeds)
+    try:
+        common = shlex.split(args.common)
+    except ValueError as exc:
+        fail(f"--common: {exc}")
+    bad = reserved_flag(common)
+    if bad:
+        fail(f"--common may not hold {bad}: compare.py sets it for every arm")
+    for arm in arms:
+        check_arm_flags(arm, common, args.dataset)
+    return args, arms, common
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, arms, common = parse_args(argv)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        rows = write_report(out, arms, args)
+        print(f"wrote {out / 'RESULTS.md'} ({sum(r['status'] == 'done' for r in rows)} finished runs)")
+        return 0
+    lock = out / "compare.pid"
+    other = running_pid(lock, "compare.py")
+    if other:
+        fail(f"another compare.py (pid {other}) is running on {out}; wait for it or stop it (kill {other})")
+    lock.write_text(f"{os.getpid()}\n")
+    runner = Runner(args, arms, common)
+    signal.signal(signal.SIGTERM, runner.stop)
+    signal.signal(signal.SIGINT, runner.stop)
+    try:
+        total = sum(len(a.seeds) for a in arms)
+        print(f"compare.py: {len(arms)} arms, {total} runs, {args.lanes} lane(s) x {runner.threads} thread(s), "
+              f"output {out}", flush=True)
+        runner.run()
+        write_report(out, arms, args)
+    finally:
+        lock.unlink(missing_ok=True)
+    if runner.stopping:
+        return 130
+    print(f"wrote {out / 'results.csv'}, {out / 'RESULTS.md'}, {out / 'per_class_recall.png'}, "
+          f"{out / 'mean_acc_curves.png'}", flush=True)
+    if runner.failed:
+        print(f"error: {len(runner.failed)} run(s) failed: {', '.join(runner.failed)}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,154 @@
+"""bench/compare.py: every arm through train.py, resumable, and a report that matches the runs."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+import compare  # noqa: E402
+
+# test_resnet: timm's tiny ResNet, so four training runs fit in a test.
+COMMON = "--img-size 32 --batch-size 16 --workers 0 --backbone test_resnet --eval-interval 10"
+
+
+def run_compare(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "bench" / "compare.py"), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_compare_runs_skips_and_reports(demo_root, tmp_path):
+    out = tmp_path / "cmp"
+    argv = ["--dataset", "demo", "--data-root", str(demo_root), "--methods", "ce,mek", "--seeds", "0,1",
+            "--steps", "20", "--common", COMMON, "--lanes", "2", "--output", str(out)]
+    first = run_compare(*argv)
+    assert first.returncode == 0, first.stdout + first.stderr
+    runs = {(arm, seed): out / arm / f"seed{seed}" for arm in ("ce", "mek") for seed in (0, 1)}
+    for run_dir in runs.values():
+        assert (run_dir / "done.json").is_file() and (run_dir / "train.log").stat().st_size > 0
+    mtimes = {k: (d / "metrics.jsonl").stat().st_mtime_ns for k, d in runs.items()}
+
+    second = run_compare(*argv)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.count("done, skipped") == 4, second.stdout
+    assert "starting" not in second.stdout and "resuming" not in second.stdout
+    assert {k: (d / "metrics.jsonl").stat().st_mtime_ns for k, d in runs.items()} == mtimes
+
+    with open(out / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted((r["arm"], int(r["seed"])) for r in rows) == sorted(runs)
+    for row in rows:
+        records = [json.loads(line) for line in (runs[(row["arm"], int(row["seed"]))] / "metrics.jsonl").open()]
+        assert len(records) == 2  # steps 10 and 20
+        last, best = records[-1], max(records, key=lambda r: r["mean_acc"])
+        assert row["status"] == "done" and int(row["last_step"]) == 20 and int(row["total_steps"]) == 20
+        assert int(row["best_step"]) == best["step"]
+        for which, rec in (("last", last), ("best", best)):
+            for key in ("overall_acc", "mean_acc", "macro_f1"):
+                assert float(row[f"{which}_{key}"]) == pytest.approx(rec[key], abs=1e-12)
+            for name, acc in zip(rec["classes"], rec["per_class_acc"]):
+                assert float(row[f"{which}_recall_{name}"]) == pytest.approx(acc, abs=1e-12)
+        assert float(row["wall_s"]) > 0
+
+    # RESULTS.md: the mean over seeds and the paired difference to ce, computed here from the runs.
+    md = (out / "RESULTS.md").read_text()
+    last = {k: [json.loads(line) for line in (d / "metrics.jsonl").open()][-1] for k, d in runs.items()}
+    ce_mean = [last[("ce", s)]["mean_acc"] for s in (0, 1)]
+    diffs = [last[("mek", s)]["mean_acc"] - last[("ce", s)]["mean_acc"] for s in (0, 1)]
+    m, sd = sum(ce_mean) / 2, abs(ce_mean[0] - ce_mean[1]) / math.sqrt(2)
+    assert f"{m * 100:.2f} ± {sd * 100:.2f}" in md
+    dm, dsd = sum(diffs) / 2, abs(diffs[0] - diffs[1]) / math.sqrt(2)
+    assert f"{dm * 100:.2f} ± {dsd * 100:.2f}" in md
+    assert "Noise rule" in md and ("within seed noise" in md or "beyond seed noise" in md)
+    for name in ("per_class_recall.png", "mean_acc_curves.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_stopped_arm_resumes_with_resume_auto(tmp_path):
+    """An arm with last.pth but not finished is restarted with --resume auto; a fresh one with --overwrite."""
+    args, arms, common = compare.parse_args(["--dataset", "demo", "--methods", "ce,focal", "--steps", "20",
+                                             "--output", str(tmp_path)])
+    (tmp_path / "ce" / "seed0").mkdir(parents=True)
+    (tmp_path / "ce" / "seed0" / "last.pth").write_bytes(b"x")
+    (tmp_path / "ce" / "seed0" / "config.json").write_text(json.dumps({"total_steps": 20}))
+    (tmp_path / "ce" / "seed0" / "metrics.jsonl").write_text(json.dumps(
+        {"step": 10, "mean_acc": 0.1, "overall_acc": 0.2, "macro_f1": 0.1, "per_class_acc": [0.1], "classes": ["a"]}) + "\n")
+    launched = []
+
+    class FakeProc:
+        pid = 12345
+
+        def __init__(self, argv, **kwargs):
+            launched.append(argv)
+            assert kwargs["env"]["OMP_NUM_THREADS"] == "3"
+
+        def wait(self):
+            return 1  # as a training run that failed
+
+    args.threads = 3
+    runner = compare.Runner(args, arms, common)
+    runner.popen = FakeProc
+    runner.run()
+    assert [a[a.index("--method") + 1] for a in launched] == ["ce", "focal"]
+    assert launched[0][-2:] == ["--resume", "auto"] and launched[1][-1] == "--overwrite"
+    assert runner.failed == ["ce seed 0", "focal seed 0"]
+
+
+def test_changed_flags_are_refused(tmp_path, capsys):
+    argv = ["--dataset", "demo", "--methods", "ce", "--steps", "20", "--output", str(tmp_path)]
+    args, arms, common = compare.parse_args(argv)
+    (tmp_path / "ce" / "seed0").mkdir(parents=True)
+    (tmp_path / "ce" / "seed0" / "command.json").write_text(json.dumps({"argv": ["--method", "ce", "--steps", "10"]}))
+    with pytest.raises(SystemExit) as exc:
+        compare.Runner(args, arms, common).run()
+    assert exc.value.code == 2 and "started with other flags" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--methods", "ce,nosuch"], "method 'nosuch' is unknown"),
+    (["--methods", "ce", "--dataset", "nosuch"], "--dataset 'nosuch' is unknown"),
+    (["--methods", "ce", "--seeds", "0,x"], "--seeds '0,x' is not a comma-separated list"),
+    (["--methods", "ce", "--seeds", "0,0"], "repeats a seed"),
+    (["--methods", "ce", "--arm-seeds", "mek=0,1"], "--arm-seeds 'mek=0,1'"),
+    (["--methods", "ce:--rsl-eps=0.1"], "--rsl-eps belongs to --method mek"),
+    (["--methods", "ce", "--common", "--seed 3"], "--common may not hold --seed"),
+    (["--methods", "mek:--no-such-flag=1"], "train.py would refuse its flags"),
+    (["--arm", "x=--rsl-eps 0.1"], "name its method"),
+])
+def test_bad_input_one_error_line_exit_2(argv, message, tmp_path, capsys):
+    full = ["--dataset", "demo", "--steps", "5", "--output", str(tmp_path / "o")] + argv
+    with pytest.raises(SystemExit) as exc:
+        compare.main(full)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+def test_arm_forms_and_seeds():
+    args, arms, _ = compare.parse_args([
+        "--dataset", "demo", "--steps", "5", "--output", "/tmp/x", "--seeds", "0",
+        "--methods", "ce,mek:--class-weight-power=0.5 --rac-weight=0.03",
+        "--arm", "mek_eps01=--method mek --rsl-eps 0.1", "--arm-seeds", "ce=0,1"])
+    assert [(a.name, a.method, a.flags, a.seeds) for a in arms] == [
+        ("ce", "ce", [], [0, 1]),
+        ("mek_class-weight-power=0.5_rac-weight=0.03", "mek", ["--class-weight-power=0.5", "--rac-weight=0.03"], [0]),
+        ("mek_eps01", "mek", ["--rsl-eps", "0.1"], [0]),
+    ]
+
+
+def test_noise_rule():
+    # two paired seeds: |mean| against 2 x std of the differences
+    assert compare.verdict([0.010, 0.012], None).startswith("better beyond seed noise")
+    assert compare.verdict([0.010, -0.010], None).startswith("within seed noise")
+    assert compare.verdict([-0.05, -0.04], None).startswith("worse beyond seed noise")
+    # one paired seed: against 2 x the baseline's std over its seeds; unknown without it
+    assert compare.verdict([0.01], 0.01).startswith("within seed noise")
+    assert compare.verdict([0.03], 0.01).startswith("better beyond seed noise")
+    assert compare.verdict([0.03], None) == "noise unknown (1 seed)"
