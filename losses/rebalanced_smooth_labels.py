@@ -37,11 +37,10 @@ class RebalancedSmoothLabelLoss(nn.Module):
         self.eps = eps
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        log_probs = F.log_softmax(logits.float(), dim=1)
         if self.eps == 0.0:
-            return F.nll_loss(log_probs, labels)
-        targets = rebalanced_smooth_targets(labels, self.class_weights, self.eps)
-        return -(targets * log_probs).sum(dim=1).mean()
+            return F.cross_entropy(logits.float(), labels)
+        # cross_entropy with probability targets: -sum_j t_j log softmax(z)_j, batch mean.
+        return F.cross_entropy(logits.float(), rebalanced_smooth_targets(labels, self.class_weights, self.eps))
 
 
 def target_mass_per_class(counts: list[int], class_weights: torch.Tensor, eps: float) -> list[float]:
