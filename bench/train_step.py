@@ -46,7 +46,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from utils.device import cpu_has_native_bf16  # noqa: E402
+from utils.device import cached_probe, channels_last_probe, cpu_has_native_bf16, resolve_amp  # noqa: E402
 
 TCMALLOC_HINT = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
 RAF_DB_COUNTS = [1290, 281, 717, 4772, 1982, 705, 2524]
@@ -141,17 +141,16 @@ def matmul_peak_gflops(device: torch.device, dtype: torch.dtype, size: int = 204
     return 2 * size**3 / statistics.median(times) / 1e9
 
 
-def step_gflop(model: torch.nn.Module, criterion: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-               device: torch.device) -> float:
+def step_gflop(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> float:
     """Floating-point operations of one training step (forward + backward of image and mirror),
     counted by torch's FlopCounterMode (matmuls and convolutions; element-wise ops are not counted)."""
     import engine
     from torch.utils.flop_counter import FlopCounterMode
 
-    options = engine.StepOptions(flip_forward="two-pass")
     counter = FlopCounterMode(display=False)
     with counter:
-        engine.compute_loss(model, criterion, images, labels, device, options)["loss"].backward()
+        engine.compute_loss(model, make_mek("two-pass", device), images, labels, device,
+                            engine.StepOptions())["loss"].backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops() / 1e9
 
@@ -173,11 +172,8 @@ def utilisation(naive: dict, form: dict, batch_size: int) -> tuple[float, str, f
 def resolve(args: argparse.Namespace) -> argparse.Namespace:
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.amp == "auto":
-        if args.device == "cuda":
-            args.amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            args.amp = "bf16" if cpu_has_native_bf16() else "off"
+    # train.py's --amp auto: explicit values win; CPU: bf16 only where a timed probe finds it faster.
+    args.amp, args.amp_reason = resolve_amp(args.amp, torch.device(args.device))
     if args.opt == "auto":  # the optimisers of train_exp.sh's recipes
         args.opt = "adamw" if is_transformer(args.backbone) else "adam"
     return args
@@ -187,9 +183,40 @@ def is_transformer(backbone: str) -> bool:
     return backbone.split("_")[0] in {"swin", "swinv2", "vit", "deit", "maxvit", "coat", "cait"}
 
 
-def uses_channels_last(model: torch.nn.Module) -> bool:
-    # CNNs gain from NHWC convolutions; a transformer has one (patch-embedding) conv only.
+def is_cnn(model: torch.nn.Module) -> bool:
+    # A transformer has one (patch-embedding) convolution only.
     return sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) > 1
+
+
+def choose_channels_last(choice: str, model: torch.nn.Module, images: torch.Tensor, args: argparse.Namespace,
+                         device: torch.device) -> tuple[bool, str]:
+    """Channels-last for the optimised form: on / off as asked; auto = off for transformers, and
+    for CNNs only where a timed forward + backward of this model and batch is faster with it
+    (cached per machine, backbone, size and batch, like the bf16 probe)."""
+    if choice != "auto":
+        return choice == "on", f"--channels-last {choice} as requested"
+    if not is_cnn(model):
+        return False, "auto: contiguous (a transformer: one convolution only)"
+    batch = torch.cat([images, torch.flip(images, dims=[3])]).to(device)
+    kind = f"channels-last / contiguous, {args.backbone} @ {args.img_size} x {len(batch)}, {args.amp}"
+    with engine_autocast(device, args.amp):
+        ratio, cached = cached_probe(kind, lambda: channels_last_probe(model, batch))
+    use = ratio >= 1.0
+    return use, (f"auto: {'cached ' if cached else ''}probe: channels-last at {ratio:.2f}x contiguous speed; "
+                 f"{'channels-last' if use else 'contiguous'}")
+
+
+def engine_autocast(device: torch.device, amp: str):
+    import engine
+
+    return engine.autocast(device, amp)
+
+
+def make_mek(flip_forward: str, device: torch.device):
+    """MEK as train.py builds it (eps 0.3, lambda 0.1) with RAF-DB's class counts."""
+    from methods import make_method
+
+    return make_method("mek", RAF_DB_COUNTS, flip_forward=flip_forward).to(device)
 
 
 def recipe_augment(backbone: str, img_size: int):
@@ -213,7 +240,7 @@ class NoSchedule:
 
 def run_form(form: str, args: argparse.Namespace, payload_path: str) -> dict:
     import engine
-    from losses import MEKLoss
+    from methods.mirror import resolve_flip_forward
     from models import build_model
     from utils.optim import build_optimizer
 
@@ -227,14 +254,22 @@ def run_form(form: str, args: argparse.Namespace, payload_path: str) -> dict:
     model.to(device)
     del payload["state"]
     optimised = form == "optimised"
-    channels_last = optimised and uses_channels_last(model)
+    amp = args.amp if optimised else "off"
+    images, labels = payload["images"].to(device), payload["labels"].to(device)
+    if optimised:
+        # The probe trains the model for a few steps: BatchNorm statistics and random draws restored after.
+        saved = {k: v.clone() for k, v in model.state_dict().items()}
+        channels_last, channels_last_reason = choose_channels_last(args.channels_last, model, images, args, device)
+        model.load_state_dict(saved)
+        torch.manual_seed(args.seed)
+    else:
+        channels_last, channels_last_reason = False, "naive: contiguous"
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    amp = args.amp if optimised else "off"
-    options = engine.StepOptions(amp=amp, channels_last=channels_last,
-                                 flip_forward="one-pass" if optimised else "two-pass")
-    criterion = MEKLoss(payload["class_weights"], rsl_eps=0.3, rac_weight=0.1).to(device)
-    images, labels = payload["images"].to(device), payload["labels"].to(device)
+    # train.py's --flip-forward (default auto: one pass where exact, i.e. without BatchNorm).
+    flip_forward = resolve_flip_forward(args.flip_forward, model) if optimised else "two-pass"
+    options = engine.StepOptions(amp=amp, channels_last=channels_last)
+    method = make_mek(flip_forward, device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     # Inference first (it needs less memory than training, so a caching allocator's retained
@@ -244,12 +279,17 @@ def run_form(form: str, args: argparse.Namespace, payload_path: str) -> dict:
     model.eval()
     # Loss in eval mode (running BatchNorm statistics): isolates the numeric precision effect.
     with torch.no_grad():
-        eval_terms = engine.compute_loss(model, criterion, images.contiguous(memory_format=memory_format), labels,
+        eval_terms = engine.compute_loss(model, method, images.contiguous(memory_format=memory_format), labels,
                                          device, options)
     # engine.predict at train.py's default eval batch (2x --batch-size).
     eval_images = torch.cat([images, torch.flip(images, dims=[3])])
     eval_loader = [(eval_images, torch.cat([labels, labels]), torch.arange(len(eval_images)))]
+    # Evaluation must not compute what it does not use: record whether predict asks for attention maps.
+    eval_calls: list[bool] = []
+    hook = model.register_forward_pre_hook(lambda _m, _a, kw: eval_calls.append(bool(kw.get("with_maps"))),
+                                           with_kwargs=True)
     engine.predict(model, eval_loader * max(args.warmup, 1), device, amp, channels_last, show_progress=False)
+    hook.remove()
     eval_times = []
     for _ in range(args.eval_batches):
         sync(device)
@@ -263,7 +303,7 @@ def run_form(form: str, args: argparse.Namespace, payload_path: str) -> dict:
     # Counted before the optimiser exists, and BatchNorm's running statistics are restored after,
     # so the timed steps start from the same state in both forms.
     saved_buffers = {k: v.clone() for k, v in model.named_buffers()}
-    gflop = step_gflop(model, criterion, images, labels, device) if form == "naive" else None
+    gflop = step_gflop(model, images, labels, device) if form == "naive" else None
     with torch.no_grad():
         for k, v in model.named_buffers():
             v.copy_(saved_buffers[k])
@@ -288,13 +328,14 @@ def run_form(form: str, args: argparse.Namespace, payload_path: str) -> dict:
     reset_peak(device)
     sync(device)
     start, cpu_start = time.perf_counter(), time.process_time()
-    engine.train_one_epoch(model, criterion, loader, optimizer, NoSchedule(), scaler, device, options,
+    engine.train_one_epoch(model, method, loader, optimizer, NoSchedule(), scaler, device, options,
                            engine.TrainProgress(), total, on_step, show_progress=False)
     train_peak = peak_mb(device)
     times = [b - a for a, b in zip([start, *stamps[:-1]], stamps)][args.warmup:]
     cpu_times = [b - a for a, b in zip([cpu_start, *cpu_stamps[:-1]], cpu_stamps)][args.warmup:]
     return {
-        "form": form, "amp": amp, "channels_last": channels_last, "flip_forward": options.flip_forward,
+        "form": form, "amp": amp, "channels_last": channels_last, "channels_last_reason": channels_last_reason,
+        "flip_forward": flip_forward, "eval_with_maps": any(eval_calls) if eval_calls else None,
         "step_times": times, "train_images_per_s": args.batch_size / statistics.median(times),
         "step_cpu_times": cpu_times,
         "idle_mb": idle, "train_peak_mb": train_peak, "eval_peak_mb": eval_peak,
@@ -354,7 +395,6 @@ def make_batch(args: argparse.Namespace, root: Path) -> tuple[torch.Tensor, torc
 # ----------------------------------------------------------------------------- driver
 def main(args: argparse.Namespace) -> int:
     from data.demo import generate_demo_dataset
-    from losses import class_weights_from_counts
     from models import build_model
 
     print(f"machine: {cpu_model()}, {os.cpu_count()} logical CPUs; torch {torch.__version__} "
@@ -364,6 +404,7 @@ def main(args: argparse.Namespace) -> int:
     else:
         print(f"native bf16 on this CPU: {'yes' if cpu_has_native_bf16() else 'no (bf16 is emulated, slower than fp32)'}",
               flush=True)
+    print(f"precision of the optimised form: {args.amp_reason}", flush=True)
     print(tcmalloc_status(), flush=True)
     print(f"load average at start: {load_average()}", flush=True)
 
@@ -375,18 +416,19 @@ def main(args: argparse.Namespace) -> int:
         images, labels = make_batch(args, root)
         model = build_model(args.backbone, num_classes=7, img_size=args.img_size)
         payload_path = tmp_path / "payload.pt"
-        torch.save({"state": model.state_dict(), "images": images, "labels": labels,
-                    "class_weights": class_weights_from_counts(RAF_DB_COUNTS)}, payload_path)
+        torch.save({"state": model.state_dict(), "images": images, "labels": labels}, payload_path)
         del model
 
         results = {}
         for form in FORMS:
             out = tmp_path / f"{form}.json"
             cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", form, "--payload", str(payload_path),
-                   "--result", str(out), *sys.argv[1:]]
+                   "--result", str(out), *sys.argv[1:], "--amp", args.amp]  # resolved once, here
             subprocess.run(cmd, check=True)
             results[form] = json.loads(out.read_text())
             r = results[form]
+            if form == "optimised":
+                print(f"memory format of the optimised form: {r['channels_last_reason']}", flush=True)
             print(f"{form:9s}: {r['train_images_per_s']:7.1f} img/s train (median of "
                   f"{len(r['step_times'])} steps: {', '.join(f'{t:.3f}' for t in r['step_times'])} s; "
                   f"CPU time {statistics.median(r['step_cpu_times']):.3f} s/step)", flush=True)
@@ -402,8 +444,10 @@ def report(args: argparse.Namespace, results: dict, data: dict | None) -> int:
           f"{args.warmup} warm-up + {args.steps} timed steps, device {args.device}; images/s count each source image once")
     print(f"naive:     two-pass, fp32, contiguous, for-loop {args.opt}")
     precision = "fp32" if fast["amp"] == "off" else f"{fast['amp']} autocast"
-    print(f"optimised: one-pass, {precision}, {'channels-last' if fast['channels_last'] else 'contiguous'}, "
+    print(f"optimised: {fast['flip_forward']}, {precision}, {'channels-last' if fast['channels_last'] else 'contiguous'}, "
           f"fused {args.opt}")
+    print(f"evaluation (engine.predict) computes attention maps: "
+          f"{ {True: 'YES (wasted work)', False: 'no', None: 'not measured'}[fast['eval_with_maps']] }")
     print(f"{'':24s}{'naive':>12s}{'optimised':>12s}{'ratio':>8s}")
     mem = "peak RSS MB" if args.device == "cpu" else "peak allocated MB"
     rows = [
@@ -462,8 +506,13 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-data", action="store_true", help="do not time the data pipeline")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], default="auto",
-                   help="optimised form's autocast: auto = CUDA: bf16 if supported, else fp16; "
-                        "CPU: bf16 if the CPU has native bf16, else off (fp32)")
+                   help="optimised form's autocast, as train.py's --amp: auto = CUDA: bf16 if supported, else "
+                        "fp16; CPU: bf16 only where a timed probe finds it faster than fp32 (utils/device.py)")
+    p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
+                   help="optimised form's memory format: auto = contiguous for transformers; for CNNs "
+                        "channels-last only where a timed probe of this model and batch finds it faster")
+    p.add_argument("--flip-forward", choices=["auto", "one-pass", "two-pass"], default="auto",
+                   help="optimised form's mirror pass, as train.py's flag (auto: one pass where exact, no BatchNorm)")
     p.add_argument("--opt", default="auto", help="auto = adamw for transformers, adam for CNNs (train_exp.sh)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--loss-tol", type=float, default=0.02, help="relative loss tolerance, naive vs optimised")
