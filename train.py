@@ -71,6 +71,9 @@ def get_args_parser(method: str = "mek") -> argparse.ArgumentParser:
     g.add_argument("--reprob", type=float, default=0.25, help="random erasing probability")
     g.add_argument("--remode", choices=["const", "pixel"], default="const")
     g.add_argument("--re-max-area", type=float, default=0.25, help="random erasing maximum area fraction")
+    g.add_argument("--noise-prob", type=float, default=0.0,
+                   help="Gaussian pixel noise with this probability (EAC's and RUL's add_g: 0.5)")
+    g.add_argument("--noise-var", type=float, default=30.0, help="its variance in 0-255 pixel units (official: 30)")
 
     g = p.add_argument_group("model")
     g.add_argument("--backbone", default="resnet18", help="resnet18 | resnet50 | swin_t | any timm feature-map model")
@@ -80,6 +83,9 @@ def get_args_parser(method: str = "mek") -> argparse.ArgumentParser:
                    help="stochastic depth rate; default: the backbone's own (timm: 0.1 for Swin-T, 0 for ResNets)")
     g.add_argument("--head", default=None, choices=sorted(HEADS),
                    help="classification head (default: the method's own; registry: models/heads.py)")
+    g.add_argument("--reset-final-norm", action="store_true",
+                   help="after --pretrained, re-initialise the backbone's final LayerNorm, as MEK's Swin model applies "
+                        "a freshly initialised LayerNorm(768) after the encoder (code/expression/models.py)")
     g.add_argument("--init-checkpoint", default=None,
                    help="start from the full model (backbone and head) of a checkpoint of this codebase; "
                         "optimiser and schedule start fresh (warm start / fine-tuning)")
@@ -152,6 +158,12 @@ def check_args(args: argparse.Namespace) -> None:
             error_exit(f"--{flag.replace('_', '-')} must be positive")
     if args.steps is not None and args.steps <= 0:
         error_exit("--steps must be positive")
+    if not 0 <= args.noise_prob <= 1:
+        error_exit(f"--noise-prob must be in [0, 1], got {args.noise_prob}")
+    if args.noise_var < 0:
+        error_exit(f"--noise-var must be >= 0, got {args.noise_var}")
+    if args.reset_final_norm and not args.pretrained:
+        error_exit("--reset-final-norm re-initialises the final norm after --pretrained; give --pretrained too")
     get_method_class(args.method).check_args(args)
 
 
@@ -179,6 +191,7 @@ def augment_config(args: argparse.Namespace) -> AugmentConfig:
         img_size=args.img_size, mean=mean, std=std, scale=(args.scale_min, 1.0), hflip=args.hflip,
         color_jitter=args.color_jitter, auto_augment=args.auto_augment, interpolation=args.interpolation,
         reprob=args.reprob, remode=args.remode, re_max_area=args.re_max_area,
+        noise_prob=args.noise_prob, noise_var=args.noise_var,
     )
 
 
@@ -241,6 +254,11 @@ def build_network(args: argparse.Namespace, backbone: str, head: str, num_classe
             error_exit(str(exc))
         if dist_info.is_main:
             print(report.summary(), flush=True)
+        if args.reset_final_norm:
+            final_norm = getattr(model.backbone, "norm", None)
+            if not isinstance(final_norm, torch.nn.LayerNorm):
+                error_exit(f"--reset-final-norm: backbone {args.backbone} has no final LayerNorm 'norm'")
+            final_norm.reset_parameters()
     if init_checkpoint:
         init_state = load_checkpoint(init_checkpoint)
         check_model_fits(init_state["model"], model, init_checkpoint, init_state.get("model_config"))

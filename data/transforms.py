@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image, ImageOps
 from timm.data import auto_augment, create_transform
 from timm.data.random_erasing import RandomErasing
@@ -49,6 +50,28 @@ class AugmentConfig:
     reprob: float = 0.25  # random erasing probability
     remode: str = "const"  # "const" (zeros, torchvision-style) or "pixel" (per-pixel noise)
     re_max_area: float = 0.25  # EAC/RUL use scale (0.02, 0.25)
+    noise_prob: float = 0.0  # Gaussian pixel noise on the decoded image (EAC's/RUL's add_g), probability
+    noise_var: float = 30.0  # its variance in 0-255 pixel units (official: 30)
+
+
+class GaussianPixelNoise:
+    """With probability ``p`` add N(0, var) noise to every 0-255 pixel and clip to uint8: the
+    ``add_g`` augmentation of EAC's and RUL's official loaders (src/utils.py; applied to half
+    of the training images, before resizing). Draws from NumPy's global generator, which
+    ``data/base.py`` seeds per sample."""
+
+    def __init__(self, p: float, var: float) -> None:
+        self.p, self.std = p, var**0.5
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        if np.random.random_sample() >= self.p:
+            return image
+        pixels = np.asarray(image, dtype=np.float64)
+        noisy = pixels + np.random.normal(0.0, self.std, pixels.shape)
+        return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+
+    def __repr__(self) -> str:
+        return f"GaussianPixelNoise(p={self.p}, std={self.std:.3f})"
 
 
 def build_train_transform(cfg: AugmentConfig):
@@ -67,6 +90,8 @@ def build_train_transform(cfg: AugmentConfig):
         re_prob=0.0,  # added below so its area range can be set
     )
     steps = list(base.transforms)
+    if cfg.noise_prob > 0:
+        steps.insert(0, GaussianPixelNoise(cfg.noise_prob, cfg.noise_var))
     if cfg.reprob > 0:
         steps.append(
             RandomErasing(probability=cfg.reprob, min_area=0.02, max_area=cfg.re_max_area, mode=cfg.remode, device="cpu")

@@ -1,0 +1,22 @@
+"""EAC's/RUL's Gaussian pixel noise augmentation."""
+import numpy as np
+from PIL import Image
+
+from data.transforms import AugmentConfig, GaussianPixelNoise, build_train_transform
+
+
+def test_gaussian_pixel_noise_has_the_official_variance_and_probability():
+    gray = Image.fromarray(np.full((64, 64, 3), 128, dtype=np.uint8))
+    np.random.seed(0)
+    noisy = np.asarray(GaussianPixelNoise(p=1.0, var=30.0)(gray), dtype=np.float64)
+    # Truncation to uint8 lowers the mean by ~0.5; the variance stays ~30 (+1/12 from truncation).
+    assert abs((noisy - 128).var() - 30.0) < 2.0
+    assert GaussianPixelNoise(p=0.0, var=30.0)(gray) is gray
+    np.random.seed(1)
+    applied = sum(GaussianPixelNoise(p=0.5, var=30.0)(gray) is not gray for _ in range(400))
+    assert 160 < applied < 240  # binomial(400, 0.5): sd 10
+
+
+def test_noise_comes_first_in_the_train_transform_only_when_asked():
+    assert isinstance(build_train_transform(AugmentConfig(img_size=32, noise_prob=0.5)).transforms[0], GaussianPixelNoise)
+    assert not any(isinstance(t, GaussianPixelNoise) for t in build_train_transform(AugmentConfig(img_size=32)).transforms)
