@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 import engine
 from data import DatasetError, ImageListDataset, Sample, build_dataset
 from data.transforms import AugmentConfig, build_eval_transform
+from methods import method_from_config
 from models import build_model_from_config
 from train import NORMALISATIONS, resolve_device, worker_error_message
 from utils.checkpoint import CheckpointError, check_model_fits, load_checkpoint
@@ -114,7 +115,9 @@ def main(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
     amp = args.amp or config.get("amp", "off")
     if amp == "fp16" and device.type != "cuda":
-        amp = "bf16"
+        amp = "off"
+    # The method's prediction rule (post-hoc logit adjustment changes the argmax).
+    eval_logits = method_from_config(config).eval_logits if config.get("train_counts") else None
     dataset = args.dataset or config.get("dataset")
     data_root = args.data_root or config.get("data_root")
     if not dataset or not data_root:
@@ -139,7 +142,8 @@ def main(args: argparse.Namespace) -> dict:
     data, shared_logits, cross = shared_class_subset(data, model_classes, f"{dataset} at {data_root}")
     batch_size = args.batch_size or config.get("eval_batch_size") or 2 * config.get("batch_size", 32)
     loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=args.workers)
-    indices, targets, predictions, probs = engine.predict(model, loader, device, amp, channels_last, not args.no_progress)
+    indices, targets, predictions, probs = engine.predict(model, loader, device, amp, channels_last, not args.no_progress,
+                                                          eval_logits)
     if shared_logits is not None:  # argmax over the shared classes' logits (= over their softmax probabilities)
         predictions = probs[:, shared_logits].argmax(1)
     metrics = classification_metrics(targets.tolist(), predictions.tolist(), len(data.classes))
@@ -150,6 +154,9 @@ def main(args: argparse.Namespace) -> dict:
     print(f"{args.checkpoint}{f' ({args.network})' if args.network else ''} on {dataset} {args.split} ({len(data)} images)")
     print(f"overall accuracy {metrics['overall_acc'] * 100:.2f}  mean class accuracy {metrics['mean_acc'] * 100:.2f}  "
           f"macro-F1 {metrics['macro_f1'] * 100:.2f}")
+    if Path(args.checkpoint).name == "best.pth" and same_data and args.split == "test":
+        print("note: best.pth was selected on this test split (as in the papers: RAF-DB has no validation split), "
+              "so it is optimistic; compare methods on last.pth")
     if cross is not None:
         print(f"cross-dataset: metrics over the {len(classes)} shared classes ({', '.join(classes)}); "
               "prediction = argmax over the shared classes' logits")

@@ -36,9 +36,10 @@ from utils.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from utils.device import slow_amp_warning
+from utils.device import resolve_amp, slow_amp_warning
 from utils.distributed import DistInfo, barrier, cleanup_distributed, init_distributed
 from utils.logging import RunLogger, error_exit
+from utils.plot import plot_curves
 from utils.optim import build_optimizer, build_scheduler, load_optimizer_state
 
 NORMALISATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "half": ((0.5,) * 3, (0.5,) * 3)}
@@ -116,7 +117,9 @@ def get_args_parser(method: str = "mek") -> argparse.ArgumentParser:
 
     g = p.add_argument_group("speed and scale")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto = CUDA when present")
-    g.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off", help="mixed precision (fp16 needs CUDA)")
+    g.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], default="auto",
+                   help="mixed precision; auto: bf16 (or fp16) on CUDA, on CPU bf16 only where a timed probe finds it "
+                        "faster than fp32 here (cached per machine); fp16 needs CUDA")
     g.add_argument("--channels-last", action="store_true", help="channels-last memory format (CNNs)")
     g.add_argument("--flip-forward", choices=["auto", "one-pass", "two-pass"], default="auto",
                    help="image and mirror (attention terms) in one forward pass or two; auto: one pass where it is "
@@ -282,6 +285,7 @@ def main(args: argparse.Namespace) -> None:
     device = resolve_device(args.device, dist_info)
     args.device_type = device.type
     args.world_size = dist_info.world_size
+    args.amp, amp_reason = resolve_amp(args.amp, device)
     check_args(args)
     if not args.dry_run:
         prepare_output(args, dist_info.is_main)
@@ -364,6 +368,7 @@ def main(args: argparse.Namespace) -> None:
         f"{total_steps} steps ({steps_per_epoch}/epoch, {num_epochs} epochs), lr {args.lr * lr_scale:.3g} "
         f"({args.opt}, {args.sched}, weight decay {args.weight_decay} on {args.weight_decay_scope} parameters)",
     ]
+    summary.append(amp_reason)
     amp_warning = slow_amp_warning(device, args.amp)
     if amp_warning:
         summary.append(amp_warning)
@@ -464,6 +469,8 @@ def main(args: argparse.Namespace) -> None:
                      for k in ("overall_acc", "mean_acc", "per_class_acc", "macro_f1")},
                   "classes": classes, "time": round(time.time() - start_time, 1)}
         logger.write_metrics(record)
+        if dist_info.is_main:
+            plot_curves(args.output)  # OUTPUT/curves.png: loss terms and accuracies so far
         terms = " ".join(f"{k} {v:.4f}" for k, v in averages.items())
         logger.info(f"epoch {progress.epoch} step {progress.step} | {terms} | {format_eval(metrics, classes)}")
         for name, m in network_metrics.items():

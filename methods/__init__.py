@@ -89,8 +89,7 @@ def method_from_config(config: dict, counts: Iterable[int] | None = None) -> Met
     method seam are MEK's.
     """
     name = config.get("method", "mek")
-    values = {**method_defaults(name), **{k: v for k, v in config.items() if k in method_defaults(name)}}
-    args = argparse.Namespace(**values, flip_forward=config.get("flip_forward", "two-pass"))
+    args = argparse.Namespace(**{"flip_forward": "two-pass", **method_defaults(name), **config})
     counts = list(counts if counts is not None else config["train_counts"])
     prior = ClassPrior.from_counts(counts, config.get("classes"))
     steps_per_epoch = int(config.get("steps_per_epoch", 1))

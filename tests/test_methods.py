@@ -8,6 +8,7 @@ back, are x * [2, 1] where those of x are x * [1, 2], so attention terms see x^2
 """
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -229,3 +230,25 @@ def test_bad_method_flags_are_one_line_naming_the_flag(args, message, tmp_path, 
 def test_method_help_lists_its_own_flags():
     help_text = train_cli("--method", "ldam", "--help").stdout
     assert "--drw-epoch" in help_text and "--max-margin" in help_text and "--rsl-eps" not in help_text
+
+
+def test_test_py_uses_the_prediction_rule_the_method_was_trained_for(demo_root, tmp_path):
+    import test as test_script
+    import train
+    from utils.logging import read_metrics
+
+    output = tmp_path / "la"
+    train.cli(["--method", "logit-adjust", "--la-mode", "posthoc", "--dataset", "demo", "--data-root", str(demo_root),
+               "--img-size", "32", "--batch-size", "16", "--workers", "0", "--no-progress", "--steps", "3",
+               "--lr", "1e-3", "--output", str(output)])
+    logged = read_metrics(output / "metrics.jsonl")[-1]
+    metrics = test_script.cli([str(output / "last.pth"), "--workers", "0", "--no-progress", "--out-dir", str(tmp_path)])
+    assert metrics["per_class_acc"] == pytest.approx(logged["per_class_acc"], abs=1e-12)
+    # and the rule matters: the plain argmax of the same checkpoint predicts differently
+    state = torch.load(output / "last.pth", weights_only=True)
+    assert state["method"] == {"name": "logit-adjust", "settings": {"la_tau": 1.0, "la_mode": "posthoc"}}
+    rows = (tmp_path / "last_test_predictions.csv").read_text().splitlines()[1:]
+    probs = torch.tensor([[float(x) for x in row.split(",")[3:]] for row in rows])
+    prior = methods.method_from_config(json.loads((output / "config.json").read_text())).log_prior
+    plain = (probs.log() + prior).argmax(1)  # undo the adjustment: softmax(z - log pi) -> z up to a constant
+    assert not torch.equal(plain, probs.argmax(1))
