@@ -46,7 +46,8 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from utils.device import cached_probe, channels_last_probe, cpu_has_native_bf16, resolve_amp  # noqa: E402
+from utils.device import (cached_probe, channels_last_probe, cpu_bf16_flags, cpu_has_native_bf16,  # noqa: E402
+                          resolve_amp)
 
 TCMALLOC_HINT = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
 RAF_DB_COUNTS = [1290, 281, 717, 4772, 1982, 705, 2524]
@@ -139,6 +140,18 @@ def matmul_peak_gflops(device: torch.device, dtype: torch.dtype, size: int = 204
         sync(device)
         times.append(time.perf_counter() - t0)
     return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def ceiling_dtypes(device: torch.device, amp: str) -> list[tuple[str, torch.dtype]]:
+    """The precisions whose matmul ceiling is measured. A CPU without bf16 instructions emulates
+    bf16 far below its fp32 ceiling (2048^2 bf16 matmuls take minutes on an AVX2-only EPYC), so
+    there bf16 is timed only when the optimised form uses it: it cannot raise the bound."""
+    dtypes = [("fp32", torch.float32)]
+    if device.type == "cuda" or amp == "bf16" or cpu_bf16_flags() != frozenset():
+        dtypes.append(("bf16", torch.bfloat16))
+    if device.type == "cuda":
+        dtypes.append(("fp16", torch.float16))
+    return dtypes
 
 
 def step_gflop(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> float:
@@ -342,9 +355,7 @@ def run_form(form: str, args: argparse.Namespace, payload_path: str) -> dict:
         "first_step_terms": first_terms, "eval_mode_terms": {k: float(v) for k, v in eval_terms.items()},
         "eval_images_per_s": len(eval_images) / statistics.median(eval_times),
         "threads": torch.get_num_threads(), "step_gflop": gflop,
-        "matmul_gflops": {name: matmul_peak_gflops(device, dtype) for name, dtype in
-                          (("fp32", torch.float32), ("bf16", torch.bfloat16),
-                           *((("fp16", torch.float16),) if device.type == "cuda" else ()))}
+        "matmul_gflops": {name: matmul_peak_gflops(device, dtype) for name, dtype in ceiling_dtypes(device, args.amp)}
         if form == "naive" else None,
     }
 
