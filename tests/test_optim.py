@@ -38,9 +38,24 @@ def test_no_weight_decay_on_biases_and_norms():
     assert decay == {0.05: 32 + 24, 0.0: 8 + 3 + 8 + 8}
 
 
-def test_fused_is_ignored_by_optimisers_without_it():
-    optimizer = build_optimizer(_net(), "lamb", 1e-3, 0.01, fused=True)
-    assert "fused" not in optimizer.defaults or not optimizer.defaults["fused"]
+@pytest.mark.parametrize("name,cls,nesterov", [
+    ("adam", torch.optim.Adam, None), ("adamw", torch.optim.AdamW, None), ("sgd", torch.optim.SGD, True),
+    ("nesterov", torch.optim.SGD, True), ("momentum", torch.optim.SGD, False),
+])
+def test_fused_flag_reaches_torchs_adam_adamw_and_sgd(name, cls, nesterov):
+    optimizer = build_optimizer(_net(), name, 1e-3, 0.01, fused=True)
+    assert type(optimizer) is cls and optimizer.param_groups[0]["fused"] is True
+    assert optimizer.defaults.get("nesterov") is nesterov
+    assert not build_optimizer(_net(), name, 1e-3, 0.01).param_groups[0]["fused"]
+
+
+@pytest.mark.parametrize("name", ["lamb", "adagrad", "rmsprop", "nadam"])
+def test_fused_flag_is_not_passed_to_other_optimisers(name):
+    # timm's Lamb has no `fused` argument (passing one raises TypeError); torch's Adagrad has
+    # one too, but build_optimizer keeps `fused` to Adam, AdamW and SGD (FUSABLE).
+    optimizer = build_optimizer(_net(), name, 1e-3, 0.01, fused=True)
+    assert "fused" not in optimizer.defaults or optimizer.defaults["fused"] is None
+    assert not any(group.get("fused") for group in optimizer.param_groups)
 
 
 def test_cosine_schedule_with_warmup_is_a_function_of_the_step():
