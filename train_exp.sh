@@ -1,11 +1,15 @@
 #!/bin/sh
-# MEK experiments. Usage:
+# FER recipes: MEK and the methods it is compared with, each with its source's settings. Usage:
 #   sh train_exp.sh [RECIPE] [extra train.py flags ...]
-# RECIPE:
-#   swin      MEK, Swin-T at 112 on RAF-DB (the paper's recipe; the default)
+# RECIPE (RAF-DB unless named otherwise; where each setting comes from: the comments below):
+#   swin      MEK, Swin-T at 112 (MEK's official code; the default)
 #   swin-ce   the plain cross-entropy baseline of the same recipe
-#   r18       MEK, ResNet-18 at 224 on RAF-DB (the EAC/RUL recipe it builds on)
-#   r18-ce    the plain cross-entropy baseline of that recipe
+#   mek-r18   MEK, ResNet-18 at 224 on EAC's training settings (MEK's ResNet-18 code is not released)
+#   ce-r18    cross-entropy on the same settings
+#   eac-r18   EAC, ResNet-18 (MS-Celeb), EAC's official settings with the authors' ResNet-18 lr 2e-4
+#   eac-r50   EAC, ResNet-50 (VGGFace2), EAC's official settings (lr 1e-4)
+#   focal-r18, ldam-r18, balanced-softmax-r18, logit-adjust-r18, coupling-r18
+#             the long-tail losses (coupling = focal on LDAM margins) on EAC's ResNet-18 settings
 #   demo      MEK on generated synthetic faces, a few minutes on a CPU
 #   rul       RUL (NeurIPS 2021), ResNet-18 at 224 on RAF-DB, the official recipe
 #   dan       DAN (Distract your Attention), ResNet-18 at 224 on RAF-DB, the official recipe
@@ -25,18 +29,32 @@ PYTHON="${PYTHON:-python}"
 DATA_ROOT="${DATA_ROOT:-dataset/raf-basic}"
 OUTPUT="${OUTPUT:-output/$RECIPE}"
 
-# The paper's Swin-T recipe: RandAugment + pixel random erasing, AdamW 5e-4 per 512 images,
-# 2,000 warmup steps, cosine to 5e-6 (both scaled), clip 5, 60,000 steps, eval every 1,000.
+# MEK's Swin-T recipe (zyh-uaiaaaa/Mine-Extra-Knowledge): code/configs/exp.py (112 px, AdamW 5e-4 per 512
+# images, weight decay 0.05, 2,000 warmup steps from 5e-7, cosine to 5e-6, batch 32, 60,000 steps: the RAF-DB
+# run of code/results/training.log, "total_step 60000"), code/train_exp.py (lr scaled by batch/512, clip 5,
+# AdamW over every parameter, eval every 1,000 steps, eps 0.3 / lambda 0.1), code/expression/__init__.py
+# (timm transform: bicubic, flip 0.5, RandAugment rand-m9-mstd0.5-inc1 (timm skips the 0.4 colour jitter),
+# mean/std 0.5, random erasing 0.25 in pixel mode), code/backbones/swin.py (patch 2, window 7, drop path 0.1).
 SWIN="--backbone swin_t --img-size 112 --norm half --interpolation bicubic --scale-min 1.0 \
   --auto-augment rand-m9-mstd0.5-inc1 --color-jitter 0.4 --reprob 0.25 --remode pixel --re-max-area 0.3333 \
-  --opt adamw --lr 5e-4 --lr-base-batch 512 --weight-decay 0.05 --sched cosine --warmup-steps 2000 \
-  --warmup-lr 5e-7 --min-lr 5e-6 --clip-grad 5 --batch-size 32 --steps 60000 --eval-interval 1000"
-# ResNet-18 as in EAC/RUL: 224 input, ImageNet normalisation, random erasing (0.02-0.25),
-# Adam 2e-4, weight decay 1e-4, x0.9 per epoch, batch 32, 60 epochs.
-R18="--backbone resnet18 --img-size 224 --norm imagenet --reprob 0.5 --re-max-area 0.25 --remode const \
-  --opt adam --lr 2e-4 --weight-decay 1e-4 --sched exponential --decay-rate 0.9 --batch-size 32 --epochs 60"
-MEK="--rsl-eps 0.3 --rac-weight 0.1"
-CE="--rsl-eps 0 --rac-weight 0"
+  --opt adamw --lr 5e-4 --lr-base-batch 512 --weight-decay 0.05 --weight-decay-scope all --sched cosine \
+  --warmup-steps 2000 --warmup-lr 5e-7 --min-lr 5e-6 --clip-grad 5 --batch-size 32 --steps 60000 --eval-interval 1000"
+# EAC's training (zyh-uaiaaaa/Erasing-Attention-Consistency, src/main.py and src/dataset.py): 224 px resize,
+# ImageNet mean/std, no random flip of the training view, Gaussian noise (add_g, variance 30) on half the images,
+# random erasing p 0.5 (0.02-0.25, zeros), Adam over every parameter with weight decay 1e-4, x0.9 per epoch,
+# batch 32, 60 epochs; lr 1e-4 for the released ResNet-50, 2e-4 for ResNet-18 (the authors' advice, issues #3
+# and #19). MEK's ResNet-18 code is not released; its recipes here use these settings.
+EAC_TRAINING="--img-size 224 --norm imagenet --hflip 0 --noise-prob 0.5 --noise-var 30 --reprob 0.5 --re-max-area 0.25 \
+  --remode const --opt adam --weight-decay 1e-4 --weight-decay-scope all --sched exponential --decay-rate 0.9 \
+  --batch-size 32 --epochs 60"
+R18="--backbone resnet18 --lr 2e-4 $EAC_TRAINING"
+R50_VGGFACE2="--backbone resnet50_vggface2 --lr 1e-4 $EAC_TRAINING"
+MEK="--method mek --rsl-eps 0.3 --rac-weight 0.1"
+CE="--method ce"
+# The long-tail losses with their papers' defaults: focal gamma 2 (Lin et al.); LDAM max margin 0.5, scale 30,
+# normalised-linear head, deferred re-weighting (beta 0.9999) at 80% of the run (kaidic/LDAM-DRW cifar_train.py);
+# logit adjustment tau 1 (Menon et al.); coupling: the focal loss on LDAM's margins and scale.
+COUPLING="--method focal --focal-gamma 2 --max-margin 0.5 --logit-scale 30 --head norm-linear"
 # RUL (official src/main.py): Adam 2e-4 (classifier 10x, the method's default), weight decay 1e-4 on every
 # parameter, x0.9 per epoch, batch 64, 60 epochs, random erasing (0.02-0.25); the official loader flips
 # half of the images it augments (p 0.25; its other half, Gaussian noise, is not available here).
@@ -80,8 +98,17 @@ PRETRAINED=""  # the recipe's face-pretrained backbone, used when present
 case "$RECIPE" in
   swin)    need_raf_db; FLAGS="--dataset raf-db --data-root $DATA_ROOT $SWIN $MEK"; PRETRAINED=pretrained/start_0.pt ;;
   swin-ce) need_raf_db; FLAGS="--dataset raf-db --data-root $DATA_ROOT $SWIN $CE"; PRETRAINED=pretrained/start_0.pt ;;
-  r18)     need_raf_db; FLAGS="--dataset raf-db --data-root $DATA_ROOT $R18 $MEK"; PRETRAINED=pretrained/resnet18_msceleb.pth ;;
-  r18-ce)  need_raf_db; FLAGS="--dataset raf-db --data-root $DATA_ROOT $R18 $CE"; PRETRAINED=pretrained/resnet18_msceleb.pth ;;
+  mek-r18) need_raf_db; FLAGS="--dataset raf-db --data-root $DATA_ROOT $R18 $MEK"; PRETRAINED=pretrained/resnet18_msceleb.pth ;;
+  ce-r18)  need_raf_db; FLAGS="--dataset raf-db --data-root $DATA_ROOT $R18 $CE"; PRETRAINED=pretrained/resnet18_msceleb.pth ;;
+  eac-r18) need_raf_db; FLAGS="--dataset raf-db --data-root $DATA_ROOT $R18 --method eac --eac-lambda 5"
+           PRETRAINED=pretrained/resnet18_msceleb.pth ;;
+  eac-r50) need_raf_db; FLAGS="--dataset raf-db --data-root $DATA_ROOT $R50_VGGFACE2 --method eac --eac-lambda 5"
+           PRETRAINED=pretrained/resnet50_ft_weight.pkl ;;
+  focal-r18|ldam-r18|balanced-softmax-r18|logit-adjust-r18)
+           need_raf_db; FLAGS="--dataset raf-db --data-root $DATA_ROOT $R18 --method ${RECIPE%-r18}"
+           PRETRAINED=pretrained/resnet18_msceleb.pth ;;
+  coupling-r18) need_raf_db; FLAGS="--dataset raf-db --data-root $DATA_ROOT $R18 $COUPLING"
+           PRETRAINED=pretrained/resnet18_msceleb.pth ;;
   demo)    FLAGS="--dataset demo --data-root ${DEMO_ROOT:-dataset/demo} --backbone resnet18 --img-size 48 \
              --opt adamw --lr 2e-3 --weight-decay 0.05 --sched cosine --warmup-steps 20 --batch-size 32 --epochs 5 \
              --reprob 0.25 --workers 0 --cache-images --overwrite $MEK" ;;
@@ -90,11 +117,13 @@ case "$RECIPE" in
   dan-affectnet) need_affectnet; FLAGS="--dataset affectnet --data-root $AFFECTNET_ROOT $DAN_AFFECTNET"
            PRETRAINED=pretrained/resnet18_msceleb.pth ;;
   hybrid)  need_raf_db; FLAGS="--dataset raf-db --data-root $DATA_ROOT $HYBRID"; PRETRAINED=pretrained/resnet18_msceleb.pth ;;
-  *) echo "error: unknown recipe '$RECIPE' (swin, swin-ce, r18, r18-ce, demo, rul, dan, dan-affectnet, hybrid)" >&2; exit 2 ;;
+  *) echo "error: unknown recipe '$RECIPE' (swin, swin-ce, mek-r18, ce-r18, eac-r18, eac-r50, focal-r18, ldam-r18, balanced-softmax-r18, logit-adjust-r18, coupling-r18, demo, rul, dan, dan-affectnet, hybrid)" >&2; exit 2 ;;
 esac
 if [ -n "$PRETRAINED" ]; then
   if [ -f "$PRETRAINED" ]; then
     FLAGS="$FLAGS --pretrained $PRETRAINED"
+    # MEK's Swin model puts a freshly initialised LayerNorm after the loaded encoder (code/expression/models.py).
+    case "$RECIPE" in swin|swin-ce) FLAGS="$FLAGS --reset-final-norm" ;; esac
   else
     # Checked per recipe: the other recipe's weights being present does not help this one.
     echo "note: no face-pretrained backbone $PRETRAINED (see pretrained/README.md); training from scratch" >&2
