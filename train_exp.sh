@@ -15,6 +15,8 @@
 #   dan       DAN (Distract your Attention), ResNet-18 at 224 on RAF-DB, the official recipe
 #   dan-affectnet  DAN on AffectNet (8 classes; AFFECTNET_ROOT, default dataset/affectnet)
 #   hybrid    ResNet-18 with CBAM blocks + RUL's uncertainty mixing + class-weighted cross-entropy
+#   face2exp  Face2Exp (CVPR 2022): teacher/student meta pseudo-labels on unlabelled faces (UNLABELED_ROOT), the
+#             official command's settings; face2exp-demo: the whole loop on generated faces, minutes on a CPU
 # Environment: DATA_ROOT (default dataset/raf-basic), DEMO_ROOT (demo recipe; default dataset/demo),
 #   OUTPUT (default output/<recipe>), PYTHON (default python),
 #   NGPUS (processes per machine; default: all visible GPUs, 1 on CPU),
@@ -56,9 +58,10 @@ CE="--method ce"
 # logit adjustment tau 1 (Menon et al.); coupling: the focal loss on LDAM's margins and scale.
 COUPLING="--method focal --focal-gamma 2 --max-margin 0.5 --logit-scale 30 --head norm-linear"
 # RUL (official src/main.py): Adam 2e-4 (classifier 10x, the method's default), weight decay 1e-4 on every
-# parameter, x0.9 per epoch, batch 64, 60 epochs, random erasing (0.02-0.25); the official loader flips
-# half of the images it augments (p 0.25; its other half, Gaussian noise, is not available here).
-RUL="--method rul --backbone resnet18 --img-size 224 --norm imagenet --hflip 0.25 --reprob 0.5 --re-max-area 0.25 \
+# parameter, x0.9 per epoch, batch 64, 60 epochs, random erasing (0.02-0.25); the official loader augments
+# half of the images with either a flip or Gaussian noise (variance 30): here each with p 0.25, independently.
+RUL="--method rul --backbone resnet18 --img-size 224 --norm imagenet --hflip 0.25 --noise-prob 0.25 --noise-var 30 \
+  --reprob 0.5 --re-max-area 0.25 \
   --remode const --opt adam --lr 2e-4 --weight-decay 1e-4 --weight-decay-scope all --sched exponential \
   --decay-rate 0.9 --batch-size 64 --epochs 60"
 # The hybrid: RUL's recipe on ResNet-18 + CBAM, with class-weighted (N/(K n_k)) cross-entropy.
@@ -75,6 +78,17 @@ DAN_AFFECTNET="--method dan --backbone resnet18 --img-size 224 --norm imagenet -
   --re-max-area 0.33 --remode const --opt adam --lr 1e-4 --weight-decay 0 --sched exponential --decay-rate 0.6 \
   --batch-size 256 --epochs 40 --balanced-sampler"
 AFFECTNET_ROOT="${AFFECTNET_ROOT:-dataset/affectnet}"
+# Face2Exp (official src/main.py defaults + the README's AffectNet command: --randaug 2 16 --batch-size 8
+# --teacher_lr 1e-3 --student_lr 1e-3 --total-steps 180000 --eval-step 100 --seed 5 --resize 224, on 2 GPUs):
+# ResNet-50, SGD with plain momentum 0.9 and no weight decay for both networks, cosine to 0 without warmup,
+# mu 7, lambda_u 1, T 1, no confidence mask (the official one is never applied), then 125 epochs of
+# fine-tuning the student (SGD lr 1e-5, no momentum); class-balanced labelled batches (the paper's balanced
+# base network). --batch-size is per process: NGPUS=2 gives the official 2 x 8.
+F2E="--method face2exp --backbone resnet50 --img-size 224 --norm imagenet --hflip 0.5 --scale-min 1.0 --reprob 0 \
+  --opt momentum --momentum 0.9 --weight-decay 0 --lr 1e-3 --teacher-lr 1e-3 --sched cosine --warmup-steps 0 \
+  --min-lr 0 --batch-size 8 --steps 180000 --eval-interval 100 --mu 7 --randaug 2 16 --lambda-u 1 --uda-steps 1 \
+  --temperature 1 --finetune-epochs 125 --finetune-lr 1e-5 --finetune-momentum 0 --finetune-weight-decay 0 \
+  --seed 5 --balanced-sampler"
 
 need_raf_db() {
   if [ ! -f "$DATA_ROOT/EmoLabel/list_patition_label.txt" ]; then
@@ -117,7 +131,19 @@ case "$RECIPE" in
   dan-affectnet) need_affectnet; FLAGS="--dataset affectnet --data-root $AFFECTNET_ROOT $DAN_AFFECTNET"
            PRETRAINED=pretrained/resnet18_msceleb.pth ;;
   hybrid)  need_raf_db; FLAGS="--dataset raf-db --data-root $DATA_ROOT $HYBRID"; PRETRAINED=pretrained/resnet18_msceleb.pth ;;
-  *) echo "error: unknown recipe '$RECIPE' (swin, swin-ce, mek-r18, ce-r18, eac-r18, eac-r50, focal-r18, ldam-r18, balanced-softmax-r18, logit-adjust-r18, coupling-r18, demo, rul, dan, dan-affectnet, hybrid)" >&2; exit 2 ;;
+  face2exp) need_raf_db
+           if [ ! -e "${UNLABELED_ROOT:-}" ]; then
+             echo "error: face2exp needs UNLABELED_ROOT=/path/to/faces (a folder of face images or a list file)" >&2; exit 2
+           fi
+           FLAGS="--dataset raf-db --data-root $DATA_ROOT $F2E --unlabeled-root $UNLABELED_ROOT" ;;
+  face2exp-demo) DEMO="${DEMO_ROOT:-dataset/demo}"
+           # The demo set plus an unlabelled set: its train images without labels and 1,400 more faces.
+           "$PYTHON" -m data.demo "$DEMO" --unlabeled 1400 >/dev/null
+           FLAGS="--dataset demo --data-root $DEMO --unlabeled-root $DEMO/unlabeled.txt --method face2exp \
+             --backbone resnet18 --img-size 48 --opt adamw --lr 2e-3 --weight-decay 0.05 --sched cosine \
+             --warmup-steps 20 --batch-size 32 --epochs 3 --mu 1 --randaug 2 16 --finetune-epochs 1 \
+             --finetune-lr 1e-3 --finetune-momentum 0.9 --reprob 0 --workers 0 --cache-images --overwrite" ;;
+  *) echo "error: unknown recipe '$RECIPE' (swin, swin-ce, mek-r18, ce-r18, eac-r18, eac-r50, focal-r18, ldam-r18, balanced-softmax-r18, logit-adjust-r18, coupling-r18, demo, rul, dan, dan-affectnet, hybrid, face2exp, face2exp-demo)" >&2; exit 2 ;;
 esac
 if [ -n "$PRETRAINED" ]; then
   if [ -f "$PRETRAINED" ]; then

@@ -56,6 +56,7 @@ DEMO = {
 # RUL, DAN and the CBAM hybrid (methods/rul.py, methods/dan.py, models/cbam.py), also at 64 px.
 RUL = {
     "method": "rul", "dataset": "raf-db", "backbone": "resnet18", "norm": "imagenet", "hflip": 0.25, "reprob": 0.5,
+    "noise_prob": 0.25, "noise_var": 30.0,
     "re_max_area": 0.25, "opt": "adam", "lr": 2e-4, "weight_decay": 1e-4, "weight_decay_scope": "all",
     "sched": "exponential", "decay_rate": 0.9, "epochs": 60, "rul_classifier_lr_mult": 10.0,
     "rul_class_weights": "none", "img_size": 64,
