@@ -286,6 +286,10 @@ def main(args: argparse.Namespace) -> None:
     args.device_type = device.type
     args.world_size = dist_info.world_size
     args.amp, amp_reason = resolve_amp(args.amp, device)
+    if dist_info.enabled:  # every rank trains in rank 0's precision, even where a first probe differs
+        choice = [args.amp, amp_reason]
+        torch.distributed.broadcast_object_list(choice, src=0)
+        args.amp, amp_reason = choice
     check_args(args)
     if not args.dry_run:
         prepare_output(args, dist_info.is_main)
