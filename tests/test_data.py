@@ -1,14 +1,19 @@
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
+from timm.data import auto_augment
 
 from conftest import make_raf_db, write_image
 from data import BadImageError, DatasetError, build_dataset
 from data.classes import canonical_name
 from data.sampler import ResumableSampler, ShardSampler
-from data.transforms import AugmentConfig, build_eval_transform, build_train_transform, safe_posterize
+from data.transforms import (
+    IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, build_eval_transform, build_train_transform, safe_posterize,
+)
 
 
 def test_raf_db_official_list(tmp_path):
@@ -118,18 +123,31 @@ def test_posterize_with_zero_bits_works_under_any_pillow():
     assert safe_posterize(image, 0).getextrema() == ((0, 0), (0, 0), (0, 0))
     assert safe_posterize(image, 8) is image
     assert safe_posterize(image, 4).getpixel((0, 0)) == (192, 96, 48)
-    # The MEK recipe at full magnitude draws posterize with 0 bits; it must not crash.
+    # RandAugment's "inc" posterize keeps 4 - int(4 m / 10) bits: at magnitude 10 (which the MEK
+    # recipe's m9 with std 0.5 reaches) 0 bits, a black image; at 5, 2 bits: 200 -> 192, 100 -> 64,
+    # 50 -> 0. Pillow 13 refuses 0 bits; the op must go through safe_posterize.
+    assert auto_augment.AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=10)(image).getextrema() == ((0, 0),) * 3
+    assert auto_augment.AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=5)(image).getpixel((0, 0)) == (192, 64, 0)
+    # The whole recipe at full magnitude, under seeds that hit posterize: it must not crash.
     transform = build_train_transform(AugmentConfig(img_size=32, auto_augment="rand-m10-mstd0.5-inc1", remode="pixel"))
     for seed in range(60):
         torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed)
         assert transform(image).shape == (3, 32, 32)
 
 
-def test_eval_transform_is_deterministic_square_resize():
+def test_eval_transform_is_a_deterministic_square_resize_without_crop():
     transform = build_eval_transform(AugmentConfig(img_size=16))
+    # 40 x 20, black in its left quarter (columns 0-9), white elsewhere. Squashed to 16 x 16 the
+    # black quarter is columns 0-3; a resize-then-centre-crop would cut it off.
     image = Image.new("RGB", (40, 20), (255, 255, 255))
+    image.paste((0, 0, 0), (0, 0, 10, 20))
     out = transform(image)
     assert out.shape == (3, 16, 16) and torch.equal(out, transform(image))
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1), torch.tensor(IMAGENET_STD).view(3, 1)
+    torch.testing.assert_close(out[:, :, 0], ((0 - mean) / std).expand(3, 16))  # (0 - 0.485) / 0.229 = -2.118, ...
+    torch.testing.assert_close(out[:, :, 15], ((1 - mean) / std).expand(3, 16))  # (1 - 0.485) / 0.229 = 2.249, ...
 
 
 def test_per_sample_seeded_augmentation(tmp_path):

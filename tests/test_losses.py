@@ -41,17 +41,27 @@ def test_rsl_targets_sum_to_one_and_keep_true_class():
         assert torch.allclose(targets[torch.arange(len(labels)), labels], torch.full((len(labels),), 1 - eps))
 
 
-def test_rsl_loss_values():
+def test_rsl_loss_hand_computed_on_non_uniform_logits():
     weights = torch.tensor([1.0, 2.0, 3.0])
-    # Uniform logits: -sum t log(1/3) = log 3 whatever the target.
-    assert math.isclose(float(RebalancedSmoothLabelLoss(weights, 0.3)(torch.zeros(2, 3), torch.tensor([0, 1]))), math.log(3), rel_tol=1e-6)
-    logits = torch.tensor([[2.0, 0.0, -1.0]])
-    log_p = torch.log_softmax(logits, 1)[0]
-    expected = -(0.7 * log_p[0] + 0.12 * log_p[1] + 0.18 * log_p[2])
-    assert torch.isclose(RebalancedSmoothLabelLoss(weights, 0.3)(logits, torch.tensor([0])), expected)
-    # eps 0 is plain cross-entropy.
-    assert torch.isclose(RebalancedSmoothLabelLoss(weights, 0.0)(logits, torch.tensor([1])),
-                         torch.nn.functional.cross_entropy(logits, torch.tensor([1])))
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, -0.5]])
+    labels = torch.tensor([0, 2])
+    # Targets, eps 0.3: t_y = 0.7, t_j = 0.3 w_j / sum_{i != y} w_i.
+    #   label 0: others w 2, 3 -> [0.7, 0.3 * 2/5, 0.3 * 3/5] = [0.7, 0.12, 0.18]
+    #   label 2: others w 1, 2 -> [0.3 * 1/3, 0.3 * 2/3, 0.7]  = [0.1, 0.2, 0.7]
+    # -sum_j t_j log softmax(z)_j = logsumexp(z) - sum_j t_j z_j, since sum_j t_j = 1:
+    #   sample 0: log(e^2 + e^0 + e^-1) = log 8.7569349 = 2.1698460; sum t z = 1.4 + 0 - 0.18 = 1.22
+    #             -> 0.9498460 (a uniform smoothing [0.7, 0.15, 0.15] would give 0.9198460)
+    #   sample 1: log(e^0.5 + e^1.5 + e^-0.5) = log 6.7369409 = 1.9076060; sum t z = 0.05 + 0.3 - 0.35 = 0
+    #             -> 1.9076060
+    # Batch mean: (0.9498460 + 1.9076060) / 2 = 1.4287260.
+    assert math.isclose(math.log(math.exp(2) + 1 + math.exp(-1)), 2.1698460, abs_tol=1e-7)
+    assert math.isclose(math.log(math.exp(0.5) + math.exp(1.5) + math.exp(-0.5)), 1.9076060, abs_tol=1e-7)
+    rsl = RebalancedSmoothLabelLoss(weights, 0.3)
+    assert float(rsl(logits[:1], labels[:1])) == pytest.approx(0.9498460, abs=1e-6)
+    assert float(rsl(logits[1:], labels[1:])) == pytest.approx(1.9076060, abs=1e-6)
+    assert float(rsl(logits, labels)) == pytest.approx(1.4287260, abs=1e-6)
+    # eps 0 is plain cross-entropy: -log softmax(z)_1 = 2.1698460 - 0 for the first sample.
+    assert float(RebalancedSmoothLabelLoss(weights, 0.0)(logits[:1], torch.tensor([1]))) == pytest.approx(2.1698460, abs=1e-6)
 
 
 def test_rac_hand_computed():
@@ -62,11 +72,15 @@ def test_rac_hand_computed():
     assert torch.isclose(value, torch.tensor(1.5))
 
 
-def test_rac_zero_for_mirror_consistent_maps_and_positive_otherwise():
+def test_rac_zero_for_mirror_consistent_maps_and_weighted_otherwise():
+    torch.manual_seed(0)
     maps = torch.randn(4, 7, 5, 5)
     weights = class_weights_from_counts(RAF_DB_COUNTS)
     assert float(rebalanced_attention_consistency(maps, torch.flip(maps, dims=[3]), weights)) == 0.0
-    assert float(rebalanced_attention_consistency(maps, maps + 0.1, weights)) > 0.0
+    # Mirrored back, these maps are off by 0.1 everywhere: every class contributes 0.1^2 w_k, so
+    # RAC = 0.01 * sum of the paper's weights = 0.01 * 10.13258883.
+    shifted = torch.flip(maps, dims=[3]) + 0.1
+    assert float(rebalanced_attention_consistency(maps, shifted, weights)) == pytest.approx(0.1013258883, rel=1e-5)
 
 
 def test_rac_batch_mean_and_class_weighting():
