@@ -52,26 +52,22 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def plot_confusion_matrix(matrix: list[list[int]], classes: list[str], path: Path, title: str) -> None:
+    """Row-normalised confusion matrix (each true class's recall on the diagonal), scikit-learn's display."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from sklearn.metrics import ConfusionMatrixDisplay
 
     counts = np.asarray(matrix, dtype=float)
     rows = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(classes), 0.6 + 0.8 * len(classes)))
-    image = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
+    ConfusionMatrixDisplay(rows, display_labels=classes).plot(ax=ax, cmap="Blues", values_format=".0%",
+                                                              xticks_rotation=45, im_kw={"vmin": 0, "vmax": 1})
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
-    for i in range(len(classes)):
-        for j in range(len(classes)):
-            ax.text(j, i, f"{rows[i, j] * 100:.0f}\n({int(counts[i, j])})", ha="center", va="center", fontsize=7,
-                    color="white" if rows[i, j] > 0.5 else "black")
-    fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -34,10 +34,22 @@ def test_training_writes_metrics_config_and_checkpoints(trained_run):
             assert key in record
         assert 0 <= record["overall_acc"] <= 1 and 0 <= record["mean_acc"] <= 1 and len(record["per_class_acc"]) == 7
     config = json.loads((trained_run / "config.json").read_text())
-    assert config["rsl_eps"] == 0.3 and config["rac_weight"] == 0.1 and len(config["class_weights"]) == 7
-    for name in ("last.pth", "best.pth", "log.txt"):
+    assert config["method"] == "mek" and config["rsl_eps"] == 0.3 and config["rac_weight"] == 0.1
+    assert config["method_settings"]["rsl_eps"] == 0.3 and config["method_settings"]["rac_weight"] == 0.1
+    for name in ("last.pth", "best.pth", "log.txt", "curves.png"):
         assert (trained_run / name).is_file()
-    assert "mean" in (trained_run / "log.txt").read_text()
+    log = (trained_run / "log.txt").read_text()
+    # The class weights logged once at the start are N / (10 n_k) of the logged training counts.
+    counts = config["train_counts"]
+    weights = dict(item.split("=") for item in log.split("MEK weights N/(10 n_k): ")[1].splitlines()[0].split(", "))
+    assert [float(weights[c]) for c in config["classes"]] == pytest.approx(
+        [sum(counts) / (10 * n) for n in counts], abs=1e-4)
+    # The closing lines give the last and the best evaluation, labelled, with the recorded numbers.
+    last, best = records[-1], max(records, key=lambda r: r["mean_acc"])
+    assert f"last evaluation (step {last['step']}): overall {last['overall_acc'] * 100:.2f}  " \
+           f"mean {last['mean_acc'] * 100:.2f}" in log
+    assert f"best evaluation, selected on the test split (step {best['step']}): " \
+           f"overall {best['overall_acc'] * 100:.2f}  mean {best['mean_acc'] * 100:.2f}" in log
 
 
 def test_test_py_reproduces_logged_numbers(trained_run, tmp_path):

@@ -1,9 +1,8 @@
 """Checkpoints: atomic writes, full training state (incl. every RNG), and compatibility checks.
 
-A checkpoint is a dict with ``format``, ``model`` (state dict), ``model_config`` (enough to
-rebuild the model alone), ``config`` (all flags), ``code_version``, and for resuming
-``optimizer``, ``scheduler``, ``scaler``, ``epoch``, ``step``, ``batch_in_epoch``, ``rng``
-and ``meters``.
+A checkpoint is a dict with ``format`` and whatever train.py puts in it (its
+``checkpoint_state``): ``model`` and ``model_config`` (enough to rebuild the model alone) are
+required here; the rest (config, method, optimiser, progress, RNG states) is train.py's.
 """
 from __future__ import annotations
 

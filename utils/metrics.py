@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, f1_score
+from sklearn.metrics import confusion_matrix, f1_score, recall_score
 
 
 def classification_metrics(targets: Sequence[int], predictions: Sequence[int], num_classes: int) -> dict:
@@ -19,9 +19,9 @@ def classification_metrics(targets: Sequence[int], predictions: Sequence[int], n
     predictions = np.asarray(predictions, dtype=np.int64)
     labels = list(range(num_classes))
     matrix = confusion_matrix(targets, predictions, labels=labels)
-    support = matrix.sum(axis=1)
-    present = support > 0
-    per_class = np.divide(np.diag(matrix), support, out=np.zeros(num_classes), where=present)
+    present = matrix.sum(axis=1) > 0
+    per_class = recall_score(targets, predictions, labels=labels, average=None, zero_division=0) if len(targets) \
+        else np.zeros(num_classes)
     return {
         "overall_acc": float((targets == predictions).mean()) if len(targets) else 0.0,
         "mean_acc": float(per_class[present].mean()) if present.any() else 0.0,
