@@ -111,3 +111,12 @@ def test_bad_input_is_one_clear_message_without_traceback(tmp_path):
                               str(tmp_path / "out"), "--workers", "0")
     assert result.returncode == 2
     assert "error: RAF-DB root not found" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_progress_is_plain_lines_when_output_is_not_a_terminal(demo_root, tmp_path):
+    result = train_subprocess("--dataset", "demo", "--data-root", str(demo_root), "--img-size", "32", "--batch-size", "16",
+                              "--workers", "0", "--steps", "4", "--log-interval", "2", "--output", str(tmp_path / "o"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "\r" not in result.stdout + result.stderr  # no bar redraws in a log file
+    lines = [line for line in result.stdout.splitlines() if line.startswith("train 0 step ")]
+    assert [line.split()[3] for line in lines] == ["2", "4"]
