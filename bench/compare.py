@@ -606,7 +606,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     budget = p.add_mutually_exclusive_group(required=True)
     budget.add_argument("--steps", type=int, help="optimiser steps per arm")
     budget.add_argument("--epochs", type=int, help="epochs per arm")
-    p.add_argument("--common", default="", help="train.py flags for every arm (quoted), e.g. \"--img-size 112 --batch-size 64\"")
+    p.add_argument("--common", default="", help="train.py flags for every arm (quoted), e.g. \"--img-size 112 --batch-size 64\"; "
+                        "a single flag as --common=--flag")
     p.add_argument("--baseline", default="ce", help="arm the paired differences are taken against")
     p.add_argument("--output", required=True, help="output directory")
     p.add_argument("--lanes", type=int, default=1, help="arms trained at the same time")
