@@ -170,19 +170,10 @@ def check_arm_flags(arm: Arm, common: list[str], dataset: str) -> None:
 
 
 def read_records(path: Path) -> list[dict]:
-    records = []
-    try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a half-written last line of a running arm
-        if isinstance(record, dict) and "step" in record and "mean_acc" in record:
-            records.append(record)
-    return records
+    """The evaluation records of an arm's metrics.jsonl (a half-written last line of a running arm is skipped)."""
+    from utils.plot import read_records as read_metrics_records
+
+    return [r for r in read_metrics_records(path) if "mean_acc" in r]
 
 
 def total_steps_of(run_dir: Path) -> int | None:
