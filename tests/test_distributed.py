@@ -202,7 +202,8 @@ def test_torchrun_train_py_two_processes_end_to_end(tmp_path):
     assert "world size 2" in result.stdout
     assert result.stdout.count("done in") == 1  # only rank 0 logs
     # Only rank 0 writes files.
-    assert sorted(p.name for p in out.iterdir()) == ["best.pth", "config.json", "last.pth", "log.txt", "metrics.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "best.pth", "config.json", "curves.png", "last.pth", "log.txt", "metrics.jsonl"]
     records = read_metrics(out / "metrics.jsonl")
     assert len(records) == 1 and records[0]["step"] == 2
     metrics = load_checkpoint(out / "best.pth")["metrics"]
