@@ -88,10 +88,8 @@ RECIPES = {
     "hybrid": (HYBRID, ["--img-size", "64"]),
 }
 # Swin-T at the recipe's 112 px is the slow part on CPU (a run takes 15-45 s on 2 shared cores).
-# swin runs always; swin-ce differs from it only by the CE flags and runs with RUN_SLOW=1. The
-# long-tail recipes share mek-r18's training settings and differ by the method flags, which
-# tests/test_methods.py covers; their two-step runs are checked with RUN_SLOW=1 (and their flags below).
-SLOW = {"swin-ce", "balanced-softmax-r18", "logit-adjust-r18"}
+# swin runs always; swin-ce differs from it only by the CE flags and runs with RUN_SLOW=1.
+SLOW = {"swin-ce"}
 
 
 @pytest.fixture(scope="module")
