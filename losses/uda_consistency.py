@@ -13,7 +13,6 @@ whenever a threshold is given.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 
 def soft_pseudo_labels(weak_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

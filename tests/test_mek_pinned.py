@@ -11,7 +11,6 @@ when that commit is not in the clone.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
