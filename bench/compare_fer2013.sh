@@ -9,7 +9,8 @@
 #
 # DATA_ROOT defaults to ../shared/data/fer2013 (next to the repository), OUTPUT_DIR to
 # $HOME/runs/fer2013_compare (outside the work tree). Finished arms are skipped; an arm that was
-# stopped resumes from its last.pth. One lane, one torch thread, nice 10: the CPU is shared.
+# stopped resumes from its last.pth. One lane, nice 10; THREADS torch threads (default 1, the faster
+# choice on a shared 2-core CPU; THREADS=2 on an idle one). Threads do not change the results' flags.
 # face2exp needs unlabelled faces and a fine-tuning stage inside the budget: it gets FER2013's
 # train/ images without their labels, mu 1 (unlabelled batch = 64, not the official 7 x 64) and
 # 1 fine-tuning epoch of the 3 (not 125); it is the most expensive arm and runs last.
@@ -32,4 +33,4 @@ exec "$PYTHON" "$REPO/bench/compare.py" --dataset folder --data-root "$DATA_ROOT
   --arm face2exp="--method face2exp --unlabeled-root $DATA_ROOT/train --mu 1 --finetune-epochs 1" \
   --seeds 0 --arm-seeds ce=0,1 --arm-seeds mek=0,1 --epochs 3 \
   --common "--backbone resnet18 --img-size 112 --batch-size 64 --opt adamw --lr 1e-3 --weight-decay 1e-4 --sched cosine --amp off --channels-last --workers 0 --cache-images --eval-interval 224 --save-interval 112 --log-interval 28" \
-  --lanes 1 --threads 1 --nice 10 --output "$OUT" $EXTRA
+  --lanes 1 --threads "${THREADS:-1}" --nice 10 --output "$OUT" $EXTRA
