@@ -99,3 +99,35 @@ def test_targets_rejects_a_malformed_configuration(tmp_path):
     cmd = [sys.executable, str(ROOT / "bench" / "targets.py"), "--out", str(tmp_path), "--config", "resnet18"]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and "expected BACKBONE:SIZE" in run.stderr
+
+
+def _load_profile_step():
+    spec = importlib.util.spec_from_file_location("profile_step", ROOT / "bench" / "profile_step.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_profile_step_sorts_operators_into_kinds():
+    kind_of = _load_profile_step().kind_of
+    # The backward of a convolution is a convolution, the backward of a norm a norm.
+    assert kind_of("aten::convolution_backward") == "conv / matmul"
+    assert kind_of("aten::mm") == "conv / matmul"
+    assert kind_of("aten::native_batch_norm_backward") == "norm"
+    assert kind_of("aten::native_layer_norm") == "norm"
+    assert kind_of("aten::_softmax_backward_data") == "softmax"
+    assert kind_of("aten::max_pool2d_with_indices") == "pooling"
+    assert kind_of("aten::_fused_adam_") == "optimiser"
+    assert kind_of("aten::copy_") == "memory copy / layout"
+    assert kind_of("aten::threshold_backward") == "element-wise / activation"
+    assert kind_of("aten::some_new_op") == "other"
+
+
+def test_profile_step_shares_add_up(tmp_path):
+    cmd = [sys.executable, str(ROOT / "bench" / "profile_step.py"), "--backbone", "resnet18", "--img-size", "32",
+           "--batch-size", "4", "--steps", "1", "--warmup", "1", "--top", "3"]
+    run = run_in_group(cmd, tmp_path, {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    shares = [float(m) for m in re.findall(r"^\| [^|]+ \| (\d+\.\d)% \| \d+\.\d+ \|$", run.stdout, re.M)]
+    assert shares and abs(sum(shares) - 100) < 0.5, run.stdout
+    assert "GFLOP/s" in run.stdout and "two-pass" in run.stdout  # ResNet: BatchNorm -> two passes
