@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from losses.class_prior import ClassPrior
 
-from .base import TrainSchedule, positive
+from .base import positive
 from .logit_loss import LogitLossMethod
 
 
@@ -41,9 +41,8 @@ class EAC(LogitLossMethod):
     def check_args(cls, args: argparse.Namespace) -> None:
         positive(args, "--eac-lambda")
 
-    def __init__(self, args: argparse.Namespace, prior: ClassPrior, schedule: TrainSchedule) -> None:
-        args = argparse.Namespace(**{**vars(args), "rac_weight": args.eac_lambda, "rac_class_weight_power": None})
-        super().__init__(args, prior, schedule)
+    def attention_weight(self, args: argparse.Namespace) -> float:
+        return args.eac_lambda
 
     def make_attention_weights(self, args: argparse.Namespace, prior: ClassPrior) -> torch.Tensor:
         return torch.full((prior.num_classes,), 1.0 / prior.num_classes)

@@ -47,9 +47,13 @@ class LogitLossMethod(Method):
 
     def __init__(self, args: argparse.Namespace, prior: ClassPrior, schedule: TrainSchedule) -> None:
         super().__init__(args, prior, schedule)
-        self.full_rac_weight = float(args.rac_weight)
+        self.full_rac_weight = float(self.attention_weight(args))
         self.rac_weight = self.full_rac_weight
         self.register_buffer("attention_class_weights", self.make_attention_weights(args, prior))
+
+    def attention_weight(self, args: argparse.Namespace) -> float:
+        """lambda of the attention term (0 = off): ``--rac-weight`` here; a method with its own flag overrides."""
+        return args.rac_weight
 
     def make_attention_weights(self, args: argparse.Namespace, prior: ClassPrior) -> torch.Tensor:
         power = 1.0 if args.rac_class_weight_power is None else args.rac_class_weight_power
