@@ -138,11 +138,12 @@ case "$RECIPE" in
            FLAGS="--dataset raf-db --data-root $DATA_ROOT $F2E --unlabeled-root $UNLABELED_ROOT" ;;
   face2exp-demo) DEMO="${DEMO_ROOT:-dataset/demo}"
            # The demo set plus an unlabelled set: its train images without labels and 1,400 more faces.
+           # 4 fine-tuning epochs at lr 1e-2: after 129 MPL steps the student still predicts one class; the labels move it.
            "$PYTHON" -m data.demo "$DEMO" --unlabeled 1400 >/dev/null
            FLAGS="--dataset demo --data-root $DEMO --unlabeled-root $DEMO/unlabeled.txt --method face2exp \
              --backbone resnet18 --img-size 48 --opt adamw --lr 2e-3 --weight-decay 0.05 --sched cosine \
-             --warmup-steps 20 --batch-size 32 --epochs 3 --mu 1 --randaug 2 16 --finetune-epochs 1 \
-             --finetune-lr 1e-3 --finetune-momentum 0.9 --reprob 0 --workers 0 --cache-images --overwrite" ;;
+             --warmup-steps 20 --batch-size 32 --epochs 3 --mu 1 --randaug 2 16 --finetune-epochs 4 \
+             --finetune-lr 1e-2 --finetune-momentum 0.9 --reprob 0 --workers 0 --cache-images --overwrite" ;;
   *) echo "error: unknown recipe '$RECIPE' (swin, swin-ce, mek-r18, ce-r18, eac-r18, eac-r50, focal-r18, ldam-r18, balanced-softmax-r18, logit-adjust-r18, coupling-r18, demo, rul, dan, dan-affectnet, hybrid, face2exp, face2exp-demo)" >&2; exit 2 ;;
 esac
 if [ -n "$PRETRAINED" ]; then
