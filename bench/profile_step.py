@@ -63,12 +63,15 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--top", type=int, default=15, help="operators listed")
     args = p.parse_args()
+    for flag, value, least in (("--steps", args.steps, 1), ("--warmup", args.warmup, 0),
+                               ("--batch-size", args.batch_size, 1), ("--img-size", args.img_size, 1)):
+        if value < least:
+            p.error(f"{flag} must be >= {least}, got {value}")
 
     import engine
-    from methods import make_method
     from methods.mirror import resolve_flip_forward
     from models import build_model
-    from train_step import RAF_DB_COUNTS, NoSchedule, is_cnn, step_gflop
+    from train_step import NoSchedule, is_cnn, is_transformer, make_mek, step_gflop
     from utils.device import resolve_amp
     from utils.optim import build_optimizer
 
@@ -76,18 +79,21 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device("cpu")
-    model = build_model(args.backbone, num_classes=7, img_size=args.img_size).to(device)
+    try:
+        model = build_model(args.backbone, num_classes=7, img_size=args.img_size).to(device)
+    except ValueError as exc:
+        p.error(str(exc))
     amp, amp_reason = resolve_amp("auto", device)
     channels_last = args.channels_last == "on" and is_cnn(model)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     flip_forward = resolve_flip_forward("auto", model)
-    method = make_method("mek", RAF_DB_COUNTS, flip_forward=flip_forward).to(device)
+    method = make_mek(flip_forward, device)
     images = torch.randn(args.batch_size, 3, args.img_size, args.img_size)
     labels = torch.arange(args.batch_size) % 7
     model.train()
     gflop = step_gflop(model, images, labels, device)
-    opt = "adamw" if not is_cnn(model) else "adam"
+    opt = "adamw" if is_transformer(args.backbone) else "adam"  # train_step.py's --opt auto
     optimizer = build_optimizer(model, opt, 1e-4, 0.05 if opt == "adamw" else 1e-4, fused=True)
     options = engine.StepOptions(amp=amp, channels_last=channels_last)
 

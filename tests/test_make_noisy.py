@@ -3,7 +3,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 from data.make_noisy import make_noisy
 
 ROOT = Path(__file__).resolve().parent.parent
