@@ -15,7 +15,8 @@ Budget. ``--steps N`` or ``--epochs N`` and ``--common "<train.py flags>"`` (bac
 size, batch, lr, ...) go to every arm unchanged; ``--dataset``, ``--data-root``, ``--seed``,
 ``--output``, ``--steps``, ``--epochs``, ``--resume`` and ``--overwrite`` are set by this
 script and refused in ``--common`` and in an arm's flags. Seeds: ``--seeds 0,1`` for every arm,
-``--arm-seeds NAME=0,1,2`` (repeatable) for one arm.
+``--arm-seeds NAME=0,1,2`` (repeatable) for one arm. Order: the first seed of every arm, then
+the second, ...; ``--run-last NAME,NAME`` moves those arms (the expensive ones) after the others.
 
 Each arm and seed trains in ``OUTPUT/<arm>/seed<S>/`` (train.py's output there, its stdout and
 stderr in ``train.log``) as a ``train.py`` subprocess, ``--lanes N`` at a time (default 1), with
@@ -310,10 +311,7 @@ class Runner:
         self.say(f"compare.py: signal {signum}; stopping the running arm(s); rerun the same command to resume")
 
     def run(self) -> None:
-        jobs = []
-        depth = max(len(a.seeds) for a in self.arms)
-        for i in range(depth):  # the first seed of every arm, then the second, ...
-            jobs += [(arm, arm.seeds[i]) for arm in self.arms if i < len(arm.seeds)]
+        jobs = job_order(self.arms, self.args.run_last)
         for arm, seed in jobs:  # before anything runs: an arm's flags may not change between runs
             run_dir = self.out / arm.name / f"seed{seed}"
             recorded = run_dir / "command.json"
@@ -340,6 +338,16 @@ class Runner:
         for w in workers:
             while w.is_alive():
                 w.join(0.5)
+
+
+def job_order(arms: list[Arm], run_last: list[str]) -> list[tuple[Arm, int]]:
+    """(arm, seed) in training order: the first seed of every arm, then the second, ...; the arms
+    named in ``run_last`` (the expensive ones) come after all the others, in the same order."""
+    def rounds(group: list[Arm]) -> list[tuple[Arm, int]]:
+        depth = max((len(a.seeds) for a in group), default=0)
+        return [(arm, arm.seeds[i]) for i in range(depth) for arm in group if i < len(arm.seeds)]
+
+    return rounds([a for a in arms if a.name not in run_last]) + rounds([a for a in arms if a.name in run_last])
 
 
 # ----------------------------------------------------------------------------- report
@@ -599,6 +607,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     budget.add_argument("--epochs", type=int, help="epochs per arm")
     p.add_argument("--common", default="", help="train.py flags for every arm (quoted), e.g. \"--img-size 112 --batch-size 64\"; "
                         "a single flag as --common=--flag")
+    p.add_argument("--run-last", default="", metavar="ARM,ARM",
+                   help="arms trained after every seed of the others (e.g. the most expensive one)")
     p.add_argument("--baseline", default="ce", help="arm the paired differences are taken against")
     p.add_argument("--output", required=True, help="output directory")
     p.add_argument("--lanes", type=int, default=1, help="arms trained at the same time")
@@ -638,6 +648,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         match[0].seeds = parse_seeds(text, f"--arm-seeds {name}=")
     for arm in arms:
         arm.seeds = arm.seeds or list(seeds)
+    args.run_last = [name for name in args.run_last.split(",") if name]
+    unknown = [name for name in args.run_last if name not in {a.name for a in arms}]
+    if unknown:
+        fail(f"--run-last {unknown[0]!r} is not an arm; arms: {', '.join(a.name for a in arms)}")
     try:
         common = shlex.split(args.common)
     except ValueError as exc:

@@ -143,6 +143,24 @@ def test_arm_forms_and_seeds():
     ]
 
 
+def test_job_order_first_seeds_first_and_run_last_at_the_end():
+    args, arms, _ = compare.parse_args([
+        "--dataset", "demo", "--steps", "5", "--output", "/tmp/x", "--methods", "ce,mek,face2exp,dan",
+        "--arm-seeds", "ce=0,1", "--arm-seeds", "mek=0,1", "--arm-seeds", "face2exp=0,1", "--run-last", "face2exp"])
+    order = [(arm.name, seed) for arm, seed in compare.job_order(arms, args.run_last)]
+    assert order == [("ce", 0), ("mek", 0), ("dan", 0), ("ce", 1), ("mek", 1), ("face2exp", 0), ("face2exp", 1)]
+    no_defer = [(arm.name, seed) for arm, seed in compare.job_order(arms, [])]
+    assert no_defer == [("ce", 0), ("mek", 0), ("face2exp", 0), ("dan", 0), ("ce", 1), ("mek", 1), ("face2exp", 1)]
+
+
+def test_run_last_must_name_an_arm(capsys):
+    with pytest.raises(SystemExit) as exc:
+        compare.parse_args(["--dataset", "demo", "--steps", "5", "--output", "/tmp/x", "--methods", "ce,mek",
+                            "--run-last", "face2exp"])
+    assert exc.value.code == 2
+    assert "--run-last 'face2exp' is not an arm" in capsys.readouterr().err
+
+
 def test_noise_rule():
     # two paired seeds: |mean| against 2 x std of the differences
     assert compare.verdict([0.010, 0.012], None).startswith("better beyond seed noise")
