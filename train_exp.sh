@@ -167,9 +167,9 @@ if have_cuda; then
   FAST="--amp fp16 --channels-last"
   NGPUS="${NGPUS:-$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())')}"
 else
-  # The precision train.py's --amp auto picks: bf16 only where a timed probe on this CPU finds it
-  # faster than fp32 (cached per machine; the reason goes to stderr). Append --amp bf16 to force it.
-  FAST="--amp $("$PYTHON" -m utils.device --choose-amp --device cpu || echo off) --channels-last"
+  # train.py's --amp auto: bf16 only where a timed probe on this CPU finds it faster than fp32
+  # (cached per machine; the choice and its reason are in the log). Append --amp bf16 to force it.
+  FAST="--amp auto --channels-last"
   NGPUS="${NGPUS:-1}"
 fi
 
