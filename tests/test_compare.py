@@ -166,6 +166,11 @@ def test_noise_rule():
     assert compare.verdict([0.010, 0.012], None).startswith("better beyond seed noise")
     assert compare.verdict([0.010, -0.010], None).startswith("within seed noise")
     assert compare.verdict([-0.05, -0.04], None).startswith("worse beyond seed noise")
+    # two paired diffs that agree by chance (std 0.00014) do not make +0.0231 significant when the
+    # baseline itself spreads by 0.02 over its seeds: the larger std is the noise
+    assert compare.verdict([0.0230, 0.0232], 0.02).startswith("within seed noise (|2.31| < 4.00 = 2 × std of baseline")
+    assert compare.verdict([0.0230, 0.0232], 0.001).startswith("better beyond seed noise (+2.31, noise 0.20 = 2 × std of baseline")
+    assert compare.verdict([0.010, 0.012], 0.0001).startswith("better beyond seed noise (+1.10, noise 0.28 = 2 × std of paired")
     # one paired seed: against 2 x the baseline's std over its seeds; unknown without it
     assert compare.verdict([0.01], 0.01).startswith("within seed noise")
     assert compare.verdict([0.03], 0.01).startswith("better beyond seed noise")
