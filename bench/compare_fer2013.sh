@@ -38,6 +38,10 @@ EXTRA=""
 [ "${REPORT_ONLY:-0}" = 1 ] && EXTRA="--report-only"
 THREADS="${THREADS:-1}"
 WARM_INIT="$OUT/ce/seed0/last.pth"
+# Model, data, augmentation and precision of both stages (split around --lr, in the order the
+# runs recorded in their command.json: compare.py refuses a run whose flags changed).
+MODEL="--backbone resnet18 --img-size 112 --batch-size 64 --opt adamw"
+TRAIN="--weight-decay 1e-4 --sched cosine --amp off --channels-last --workers 0 --cache-images"
 if [ -z "$EXTRA" ]; then  # one run of this script at a time (compare.py also locks each stage's folder)
   for lock in "$OUT/compare.pid" "$OUT/warm/compare.pid"; do
     if [ -f "$lock" ] && kill -0 "$(cat "$lock")" 2>/dev/null; then
@@ -52,7 +56,7 @@ scratch() {
     --methods ce,mek,eac,focal,ldam,balanced-softmax,logit-adjust,rul,dan \
     --arm face2exp="--method face2exp --unlabeled-root $DATA_ROOT/train --mu 1 --finetune-epochs 1" \
     --seeds 0 --arm-seeds ce=0,1 --arm-seeds mek=0,1 --run-last face2exp --epochs 3 \
-    --common "--backbone resnet18 --img-size 112 --batch-size 64 --opt adamw --lr 1e-3 --weight-decay 1e-4 --sched cosine --amp off --channels-last --workers 0 --cache-images --eval-interval 224 --save-interval 112 --log-interval 28" \
+    --common "$MODEL --lr 1e-3 $TRAIN --eval-interval 224 --save-interval 112 --log-interval 28" \
     --lanes 1 --threads "$THREADS" --nice 10 --output "$OUT" $EXTRA
 }
 
@@ -64,7 +68,7 @@ warm() {  # needs the scratch stage's ce seed 0 (its final last.pth)
   "$PYTHON" "$REPO/bench/compare.py" --dataset folder --data-root "$DATA_ROOT" \
     --methods ce,mek,eac,focal,balanced-softmax,logit-adjust \
     --seeds 0 --arm-seeds ce=0,1 --arm-seeds mek=0,1 --steps 224 \
-    --common "--init-checkpoint $WARM_INIT --backbone resnet18 --img-size 112 --batch-size 64 --opt adamw --lr 2e-4 --weight-decay 1e-4 --sched cosine --amp off --channels-last --workers 0 --cache-images --eval-interval 56 --save-interval 56 --log-interval 28" \
+    --common "--init-checkpoint $WARM_INIT $MODEL --lr 2e-4 $TRAIN --eval-interval 56 --save-interval 56 --log-interval 28" \
     --lanes 1 --threads "$THREADS" --nice 10 --output "$OUT/warm" $EXTRA
 }
 
