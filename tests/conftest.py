@@ -1,19 +1,28 @@
 """Shared fixtures: tiny datasets generated in the test, never real data."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
-from PIL import Image
+# Threads per test process: at most 2, and under pytest-xdist (pytest.ini: -n auto) the cores
+# shared between the workers, because OpenMP threads beyond the cores spin instead of working.
+# Set before torch is imported, so the train.py subprocesses the tests start (which inherit
+# OMP_NUM_THREADS) use the same count as this process: kill-and-resume tests compare the two
+# bit for bit. A value the user set is kept.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+os.environ.setdefault("OMP_NUM_THREADS", str(max(1, min(2, (os.cpu_count() or 1) // _WORKERS))))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def write_image(path: Path, size: int = 24, seed: int = 0, mode: str = "RGB") -> Path:
