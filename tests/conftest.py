@@ -9,9 +9,14 @@ from pathlib import Path
 # shared between the workers, because OpenMP threads beyond the cores spin instead of working.
 # Set before torch is imported, so the train.py subprocesses the tests start (which inherit
 # OMP_NUM_THREADS) use the same count as this process: kill-and-resume tests compare the two
-# bit for bit. A value the user set is kept.
-_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-os.environ.setdefault("OMP_NUM_THREADS", str(max(1, min(2, (os.cpu_count() or 1) // _WORKERS))))
+# bit for bit. Without xdist a value the user set is kept; an xdist worker always takes its
+# share (it inherits the controller's environment, where this file has already run).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+_SHARE = str(max(1, min(2, (os.cpu_count() or 1) // max(1, _WORKERS))))
+if _WORKERS:
+    os.environ["OMP_NUM_THREADS"] = _SHARE
+else:
+    os.environ.setdefault("OMP_NUM_THREADS", _SHARE)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
