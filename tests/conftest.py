@@ -13,10 +13,8 @@ from pathlib import Path
 # share (it inherits the controller's environment, where this file has already run).
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
 _SHARE = str(max(1, min(2, (os.cpu_count() or 1) // max(1, _WORKERS))))
-if _WORKERS:
+if _WORKERS or not os.environ.get("OMP_NUM_THREADS", "").isdigit():
     os.environ["OMP_NUM_THREADS"] = _SHARE
-else:
-    os.environ.setdefault("OMP_NUM_THREADS", _SHARE)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
