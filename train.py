@@ -40,6 +40,7 @@ from utils.device import resolve_amp, slow_amp_warning
 from utils.distributed import DistInfo, barrier, cleanup_distributed, init_distributed
 from utils.logging import RunLogger, error_exit
 from utils.plot import plot_curves
+from utils.stop import GracefulStop, StopRequested
 from utils.optim import build_optimizer, build_scheduler, load_optimizer_state
 
 NORMALISATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "half": ((0.5,) * 3, (0.5,) * 3)}
@@ -492,11 +493,16 @@ def main(args: argparse.Namespace) -> None:
             model.eval()
             run_eval(progress)
             model.train()
-        if args.save_interval and progress.step % args.save_interval == 0 and progress.batch_in_epoch < steps_per_epoch:
+        # An epoch's last step is saved (and a stop honoured) by train_loop, after the epoch's evaluation.
+        mid_epoch = progress.batch_in_epoch < steps_per_epoch
+        periodic = args.save_interval and progress.step % args.save_interval == 0
+        signum = stop.requested() if mid_epoch and progress.step < total_steps else None
+        if mid_epoch and (periodic or signum is not None):
             save("last.pth", progress)
+        if signum is not None:  # SIGINT/SIGTERM: this step is kept, then the run ends
+            raise StopRequested(progress.step, signum)
 
-    start_time = time.time()
-    try:
+    def train_loop() -> None:
         while progress.step < total_steps:
             if progress.batch_in_epoch >= steps_per_epoch:
                 progress.start_epoch(progress.epoch + 1)
@@ -508,6 +514,20 @@ def main(args: argparse.Namespace) -> None:
                                    total_batches=steps_per_epoch, log_interval=args.log_interval)
             metrics = run_eval(progress) if not args.eval_interval or progress.step >= total_steps else None
             save("last.pth", progress, metrics)
+            signum = stop.requested() if progress.step < total_steps else None
+            if signum is not None:
+                raise StopRequested(progress.step, signum)
+
+    start_time = time.time()
+    stop = GracefulStop(device, distributed=dist_info.enabled)
+    try:
+        with stop:
+            train_loop()
+    except StopRequested as exc:
+        logger.info(f"{exc}; last.pth holds that step; resume with --resume auto")
+        logger.close()
+        cleanup_distributed()
+        raise SystemExit(128 + exc.signum) from None
     except engine.NonFiniteLossError as exc:
         # Saved by the rank that met it, without collectives (the other ranks may be elsewhere).
         path = Path(args.output) / f"nonfinite_step{exc.step}_rank{dist_info.rank}.pth"

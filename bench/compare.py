@@ -307,7 +307,7 @@ class Runner:
             self.stopping = True
             for proc in self.children.values():
                 if proc.poll() is None:
-                    proc.send_signal(signal.SIGINT)  # train.py exits cleanly; last.pth keeps its progress
+                    proc.send_signal(signal.SIGINT)  # train.py ends its step, saves last.pth there and exits
         self.say(f"compare.py: signal {signum}; stopping the running arm(s); rerun the same command to resume")
 
     def run(self) -> None:
