@@ -496,7 +496,7 @@ def main(args: argparse.Namespace) -> None:
         # An epoch's last step is saved (and a stop honoured) by train_loop, after the epoch's evaluation.
         mid_epoch = progress.batch_in_epoch < steps_per_epoch
         periodic = args.save_interval and progress.step % args.save_interval == 0
-        signum = stop.requested() if mid_epoch and progress.step < total_steps else None
+        signum = stop.requested(progress.step) if mid_epoch and progress.step < total_steps else None
         if mid_epoch and (periodic or signum is not None):
             save("last.pth", progress)
         if signum is not None:  # SIGINT/SIGTERM: this step is kept, then the run ends
@@ -514,7 +514,7 @@ def main(args: argparse.Namespace) -> None:
                                    total_batches=steps_per_epoch, log_interval=args.log_interval)
             metrics = run_eval(progress) if not args.eval_interval or progress.step >= total_steps else None
             save("last.pth", progress, metrics)
-            signum = stop.requested() if progress.step < total_steps else None
+            signum = stop.requested(progress.step) if progress.step < total_steps else None
             if signum is not None:
                 raise StopRequested(progress.step, signum)
 
