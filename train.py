@@ -39,9 +39,9 @@ from utils.checkpoint import (
 from utils.device import resolve_amp, slow_amp_warning
 from utils.distributed import DistInfo, barrier, cleanup_distributed, init_distributed
 from utils.logging import RunLogger, error_exit
+from utils.optim import build_optimizer, build_scheduler, load_optimizer_state
 from utils.plot import plot_curves
 from utils.stop import GracefulStop, StopRequested
-from utils.optim import build_optimizer, build_scheduler, load_optimizer_state
 
 NORMALISATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "half": ((0.5,) * 3, (0.5,) * 3)}
 
