@@ -15,8 +15,10 @@ Budget. ``--steps N`` or ``--epochs N`` and ``--common "<train.py flags>"`` (bac
 size, batch, lr, ...) go to every arm unchanged; ``--dataset``, ``--data-root``, ``--seed``,
 ``--output``, ``--steps``, ``--epochs``, ``--resume`` and ``--overwrite`` are set by this
 script and refused in ``--common`` and in an arm's flags. Seeds: ``--seeds 0,1`` for every arm,
-``--arm-seeds NAME=0,1,2`` (repeatable) for one arm. Order: the first seed of every arm, then
-the second, ...; ``--run-last NAME,NAME`` moves those arms (the expensive ones) after the others.
+``--arm-seeds NAME=0,1,2`` (repeatable) for one arm. Order: every seed of the baseline arm first
+(the noise rule needs its spread, so each later arm gets its verdict as soon as it finishes), then
+the first seed of every other arm, then the second, ...; ``--run-last NAME,NAME`` moves those arms
+(the expensive ones) after the others.
 
 Each arm and seed trains in ``OUTPUT/<arm>/seed<S>/`` (train.py's output there, its stdout and
 stderr in ``train.log``) as a ``train.py`` subprocess, ``--lanes N`` at a time (default 1), with
@@ -311,7 +313,7 @@ class Runner:
         self.say(f"compare.py: signal {signum}; stopping the running arm(s); rerun the same command to resume")
 
     def run(self) -> None:
-        jobs = job_order(self.arms, self.args.run_last)
+        jobs = job_order(self.arms, self.args.run_last, self.args.baseline)
         for arm, seed in jobs:  # before anything runs: an arm's flags may not change between runs
             run_dir = self.out / arm.name / f"seed{seed}"
             recorded = run_dir / "command.json"
@@ -340,14 +342,18 @@ class Runner:
                 w.join(0.5)
 
 
-def job_order(arms: list[Arm], run_last: list[str]) -> list[tuple[Arm, int]]:
-    """(arm, seed) in training order: the first seed of every arm, then the second, ...; the arms
-    named in ``run_last`` (the expensive ones) come after all the others, in the same order."""
+def job_order(arms: list[Arm], run_last: list[str], baseline: str | None = None) -> list[tuple[Arm, int]]:
+    """(arm, seed) in training order: every seed of the ``baseline`` arm first (the noise rule needs
+    its spread over seeds, so each later arm gets a verdict as soon as it finishes), then the first
+    seed of every other arm, then the second, ...; the arms named in ``run_last`` (the expensive
+    ones) come after all the others, in the same order."""
     def rounds(group: list[Arm]) -> list[tuple[Arm, int]]:
         depth = max((len(a.seeds) for a in group), default=0)
         return [(arm, arm.seeds[i]) for i in range(depth) for arm in group if i < len(arm.seeds)]
 
-    return rounds([a for a in arms if a.name not in run_last]) + rounds([a for a in arms if a.name in run_last])
+    first = [(a, seed) for a in arms if a.name == baseline and a.name not in run_last for seed in a.seeds]
+    rest = [a for a in arms if a.name != baseline or a.name in run_last]
+    return first + rounds([a for a in rest if a.name not in run_last]) + rounds([a for a in rest if a.name in run_last])
 
 
 # ----------------------------------------------------------------------------- report

@@ -143,14 +143,18 @@ def test_arm_forms_and_seeds():
     ]
 
 
-def test_job_order_first_seeds_first_and_run_last_at_the_end():
+def test_job_order_baseline_seeds_then_first_seeds_and_run_last_at_the_end():
     args, arms, _ = compare.parse_args([
         "--dataset", "demo", "--steps", "5", "--output", "/tmp/x", "--methods", "ce,mek,face2exp,dan",
         "--arm-seeds", "ce=0,1", "--arm-seeds", "mek=0,1", "--arm-seeds", "face2exp=0,1", "--run-last", "face2exp"])
-    order = [(arm.name, seed) for arm, seed in compare.job_order(arms, args.run_last)]
-    assert order == [("ce", 0), ("mek", 0), ("dan", 0), ("ce", 1), ("mek", 1), ("face2exp", 0), ("face2exp", 1)]
-    no_defer = [(arm.name, seed) for arm, seed in compare.job_order(arms, [])]
-    assert no_defer == [("ce", 0), ("mek", 0), ("face2exp", 0), ("dan", 0), ("ce", 1), ("mek", 1), ("face2exp", 1)]
+    order = [(arm.name, seed) for arm, seed in compare.job_order(arms, args.run_last, args.baseline)]
+    assert order == [("ce", 0), ("ce", 1), ("mek", 0), ("dan", 0), ("mek", 1), ("face2exp", 0), ("face2exp", 1)]
+    no_defer = [(arm.name, seed) for arm, seed in compare.job_order(arms, [], "ce")]
+    assert no_defer == [("ce", 0), ("ce", 1), ("mek", 0), ("face2exp", 0), ("dan", 0), ("mek", 1), ("face2exp", 1)]
+    no_baseline = [(arm.name, seed) for arm, seed in compare.job_order(arms, [], None)]
+    assert no_baseline == [("ce", 0), ("mek", 0), ("face2exp", 0), ("dan", 0), ("ce", 1), ("mek", 1), ("face2exp", 1)]
+    baseline_run_last = [(arm.name, seed) for arm, seed in compare.job_order(arms, ["ce"], "ce")]
+    assert baseline_run_last == [("mek", 0), ("face2exp", 0), ("dan", 0), ("mek", 1), ("face2exp", 1), ("ce", 0), ("ce", 1)]
 
 
 def test_run_last_must_name_an_arm(capsys):
