@@ -414,8 +414,9 @@ def mean_std(values: list[float]) -> tuple[float, float | None]:
     return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
 
 
-def fmt(m: float, s: float | None) -> str:
-    return f"{m * 100:.2f}" + (f" ± {s * 100:.2f}" if s is not None else "")
+def fmt(m: float, s: float | None, signed: bool = False) -> str:
+    """Percent with two decimals (``signed``: a difference, so + on gains), ± the std if known."""
+    return (f"{m * 100:+.2f}" if signed else f"{m * 100:.2f}") + (f" ± {s * 100:.2f}" if s is not None else "")
 
 
 def verdict(diffs: list[float], ce_std: float | None) -> str:
@@ -518,7 +519,7 @@ def write_markdown(path: Path, rows: list[dict], arms: list[Arm], args: argparse
             if not pairs:
                 continue
             diff = {k: [a["last"][k] - b["last"][k] for a, b in pairs] for k, _ in METRICS}
-            cells = [fmt(*mean_std(diff[k])) for k, _ in METRICS]
+            cells = [fmt(*mean_std(diff[k]), signed=True) for k, _ in METRICS]
             recalls = [f"{mean_std([a['last']['per_class_acc'][i] - b['last']['per_class_acc'][i] for a, b in pairs])[0] * 100:+.1f}"
                        for i in range(len(classes))]
             lines.append(f"| {arm.name} | {','.join(str(a['seed']) for a, _ in pairs)} | " + " | ".join(cells) + " | "

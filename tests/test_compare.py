@@ -65,7 +65,7 @@ def test_compare_runs_skips_and_reports(demo_root, tmp_path):
     m, sd = sum(ce_mean) / 2, abs(ce_mean[0] - ce_mean[1]) / math.sqrt(2)
     assert f"{m * 100:.2f} ± {sd * 100:.2f}" in md
     dm, dsd = sum(diffs) / 2, abs(diffs[0] - diffs[1]) / math.sqrt(2)
-    assert f"{dm * 100:.2f} ± {dsd * 100:.2f}" in md
+    assert f"| {dm * 100:+.2f} ± {dsd * 100:.2f} |" in md  # a difference carries its sign
     assert "Noise rule" in md and ("within seed noise" in md or "beyond seed noise" in md)
     for name in ("per_class_recall.png", "mean_acc_curves.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
