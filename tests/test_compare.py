@@ -179,3 +179,9 @@ def test_noise_rule():
     assert compare.verdict([0.01], 0.01).startswith("within seed noise")
     assert compare.verdict([0.03], 0.01).startswith("better beyond seed noise")
     assert compare.verdict([0.03], None) == "noise unknown (1 seed)"
+
+
+def test_fmt_signs_differences_only():
+    assert compare.fmt(0.0299, None, signed=True) == "+2.99"
+    assert compare.fmt(-0.0591, 0.001, signed=True) == "-5.91 ± 0.10"
+    assert compare.fmt(0.4862, None) == "48.62"
