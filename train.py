@@ -11,9 +11,21 @@ from __future__ import annotations
 import argparse
 import io
 import math
+import signal
 import sys
 import time
 from pathlib import Path
+
+
+def _interrupted_while_importing(signum: int, frame) -> None:  # noqa: ARG001
+    print("interrupted before training started; nothing to save", file=sys.stderr, flush=True)
+    raise SystemExit(130)
+
+
+if __name__ == "__main__":
+    # Ctrl-C, or bench/compare.py stopping an arm, while the imports below load (seconds): nothing
+    # exists to save yet, so one line and exit 130 instead of a KeyboardInterrupt traceback.
+    signal.signal(signal.SIGINT, _interrupted_while_importing)
 
 import torch
 from torch.utils.data import DataLoader
@@ -602,9 +614,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def cli(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
     try:
-        main(args)
+        main(parse_args(argv))
     except (DatasetError, CheckpointError, ValueError) as exc:
         error_exit(worker_error_message(exc))
     except KeyboardInterrupt:
@@ -613,4 +624,5 @@ def cli(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on, cli() reports it
     cli()

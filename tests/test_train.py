@@ -1,7 +1,9 @@
 """End to end on the generated demo data: train.py writes metrics and checkpoints, test.py reproduces them."""
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -120,3 +122,16 @@ def test_progress_is_plain_lines_when_output_is_not_a_terminal(demo_root, tmp_pa
     assert "\r" not in result.stdout + result.stderr  # no bar redraws in a log file
     lines = [line for line in result.stdout.splitlines() if line.startswith("train 0 step ")]
     assert [line.split()[3] for line in lines] == ["2", "4"]
+
+
+def test_ctrl_c_while_importing_is_one_line_without_traceback(tmp_path):
+    # bench/compare.py stops an arm with SIGINT; one second in, train.py is still importing torch,
+    # timm and the project (several seconds on a CPU). Later, cli() reports it the same way.
+    process = subprocess.Popen([sys.executable, "train.py", "--dataset", "demo", "--output", str(tmp_path / "run")],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert "Traceback" not in stderr and "interrupted" in stderr
+    assert not (tmp_path / "run" / "last.pth").exists()
