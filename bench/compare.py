@@ -32,7 +32,8 @@ change between runs (the recorded command must match).
 After each arm, and at the end, writes to OUTPUT (``--report-only`` just rewrites them):
 ``results.csv`` (a row per arm and seed: last_ and best_ evaluation metrics as fractions, best =
 highest mean class accuracy on the evaluation split, optimistic), ``RESULTS.md`` (mean and std
-over seeds, paired differences to the baseline with a stated noise rule), ``per_class_recall.png``
+over seeds, paired differences to the baseline with a stated noise rule, every run's overall / mean
+class accuracy at every evaluation, up to 12 of them), ``per_class_recall.png``
 and ``mean_acc_curves.png``. Bad input: one ``error:`` line, exit 2. A failed arm: exit 1 at the
 end, with the other arms run and reported.
 """
@@ -62,6 +63,7 @@ if str(REPO) not in sys.path:
 RESERVED = ("--dataset", "--data-root", "--seed", "--output", "--steps", "--epochs", "--resume", "--overwrite")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")
 METRICS = (("overall_acc", "overall"), ("mean_acc", "mean class acc"), ("macro_f1", "macro-F1"))
+TRAJECTORY_COLUMNS = 12  # evaluation steps in RESULTS.md's trajectory table: a wider one does not read
 
 
 def fail(message: str) -> None:
@@ -382,7 +384,8 @@ def collect(out: Path, arms: list[Arm]) -> list[dict]:
             rows.append({"arm": arm.name, "method": arm.method, "flags": arm.flags_text, "seed": seed,
                          "status": "done" if is_done(run_dir) else "incomplete", "total_steps": total_steps_of(run_dir),
                          "wall_s": wall, "code_version": version, "classes": last["classes"],
-                         "last": last, "best": best, "curve": [(r["step"], r["mean_acc"]) for r in records]})
+                         "last": last, "best": best, "curve": [(r["step"], r["mean_acc"]) for r in records],
+                         "overall_curve": [(r["step"], r["overall_acc"]) for r in records]})
     return rows
 
 
@@ -529,6 +532,7 @@ def write_markdown(path: Path, rows: list[dict], arms: list[Arm], args: argparse
         if len(base) >= 2:
             lines += [f"Seed noise of `{args.baseline}` itself ({len(base)} seeds): overall std "
                       f"{ce_std['overall_acc'] * 100:.2f}, mean class acc std {ce_std['mean_acc'] * 100:.2f}.", ""]
+    lines += trajectory_table(rows, arms)
     lines += ["Per-class columns use the first three letters of: " + ", ".join(classes) + ".", "",
               "Figures: `per_class_recall.png` (last evaluation, mean over seeds, bars ± std), "
               "`mean_acc_curves.png` (mean class accuracy at every evaluation, every arm and seed); every arm's "
@@ -536,6 +540,33 @@ def write_markdown(path: Path, rows: list[dict], arms: list[Arm], args: argparse
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text("\n".join(lines), encoding="utf-8")
     os.replace(tmp, path)
+
+
+def evaluation_columns(steps: list[int], limit: int = TRAJECTORY_COLUMNS) -> list[int]:
+    """``steps`` (sorted), or ``limit`` of them evenly spaced, the first and the last included."""
+    if len(steps) <= limit:
+        return steps
+    return [steps[round(i * (len(steps) - 1) / (limit - 1))] for i in range(limit)]
+
+
+def trajectory_table(rows: list[dict], arms: list[Arm]) -> list[str]:
+    """Overall / mean class accuracy at every evaluation of every run, finished or not: whether an arm
+    had levelled off by the end of the budget, in numbers (the curves figure shows the mean only)."""
+    if not rows:
+        return []
+    all_steps = sorted({step for r in rows for step, _ in r["curve"]})
+    steps = evaluation_columns(all_steps)
+    lines = ["## Every evaluation (overall / mean class acc, %)", ""]
+    if len(steps) < len(all_steps):
+        lines += [f"{len(steps)} of the {len(all_steps)} evaluation steps, evenly spaced.", ""]
+    lines += ["| arm | seed | " + " | ".join(map(str, steps)) + " |", "|---|---:|" + "---:|" * len(steps)]
+    for arm in arms:
+        for r in sorted((r for r in rows if r["arm"] == arm.name), key=lambda r: r["seed"]):
+            mean, overall = dict(r["curve"]), dict(r["overall_curve"])
+            cells = [f"{overall[s] * 100:.1f} / {mean[s] * 100:.1f}" if s in mean else "" for s in steps]
+            label = arm.name + ("" if r["status"] == "done" else " (running)")
+            lines.append(f"| {label} | {r['seed']} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def write_figures(out: Path, rows: list[dict], arms: list[Arm]) -> None:

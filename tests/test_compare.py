@@ -67,6 +67,12 @@ def test_compare_runs_skips_and_reports(demo_root, tmp_path):
     dm, dsd = sum(diffs) / 2, abs(diffs[0] - diffs[1]) / math.sqrt(2)
     assert f"| {dm * 100:+.2f} ± {dsd * 100:.2f} |" in md  # a difference carries its sign
     assert "Noise rule" in md and ("within seed noise" in md or "beyond seed noise" in md)
+    # the trajectory table: overall / mean class accuracy at steps 10 and 20, one row per run
+    assert "| arm | seed | 10 | 20 |" in md
+    for (arm, seed), run_dir in runs.items():
+        cells = " | ".join(f"{r['overall_acc'] * 100:.1f} / {r['mean_acc'] * 100:.1f}"
+                           for r in map(json.loads, (run_dir / "metrics.jsonl").open()))
+        assert f"| {arm} | {seed} | {cells} |" in md
     for name in ("per_class_recall.png", "mean_acc_curves.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -179,6 +185,11 @@ def test_noise_rule():
     assert compare.verdict([0.01], 0.01).startswith("within seed noise")
     assert compare.verdict([0.03], 0.01).startswith("better beyond seed noise")
     assert compare.verdict([0.03], None) == "noise unknown (1 seed)"
+
+
+def test_trajectory_columns_keep_the_first_and_last_evaluation():
+    assert compare.evaluation_columns([224, 448, 672]) == [224, 448, 672]
+    assert compare.evaluation_columns(list(range(10, 1010, 10)), limit=5) == [10, 260, 510, 750, 1000]
 
 
 def test_fmt_signs_differences_only():
