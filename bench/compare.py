@@ -27,7 +27,9 @@ the CPU's cores divided between the lanes (``OMP_NUM_THREADS``; ``--threads`` ov
 holds an evaluation at its total step count and last.pth exists (skipped); an arm that was
 stopped resumes with ``--resume auto``; rerunning the same command continues where it stopped.
 A second compare.py on the same OUTPUT is refused while the first runs; an arm's flags may not
-change between runs (the recorded command must match).
+change between runs (the recorded command must match). To pause: the same command with
+``--stop`` added (or SIGTERM/Ctrl-C to compare.py) stops the running arms at their next step with
+a checkpoint of that step; the same command again resumes them.
 
 After each arm, and at the end, writes to OUTPUT (``--report-only`` just rewrites them):
 ``results.csv`` (a row per arm and seed: last_ and best_ evaluation metrics as fractions, best =
@@ -197,13 +199,17 @@ def is_done(run_dir: Path) -> bool:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs; a zombie (exited, not yet reaped by its parent) does not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def running_pid(lock: Path, needle: str) -> int | None:
@@ -219,6 +225,28 @@ def running_pid(lock: Path, needle: str) -> int | None:
     except OSError:
         return pid
     return pid if needle in cmdline else None
+
+
+def stop_running(out: Path, wait_s: float) -> int:
+    """``--stop``: SIGTERM to the compare.py running on ``out``, then wait for it to exit. Its running
+    arms save the step in flight (train.py's graceful stop); the same command resumes them."""
+    pid = running_pid(out / "compare.pid", "compare.py")
+    if pid is None:
+        print(f"no compare.py is running on {out}; nothing to stop", flush=True)
+        return 0
+    os.kill(pid, signal.SIGTERM)
+    print(f"compare.py (pid {pid}) on {out}: sent SIGTERM; waiting for its running arm(s) to save their step",
+          flush=True)
+    deadline = time.monotonic() + wait_s
+    while pid_alive(pid):
+        if time.monotonic() > deadline:
+            print(f"error: compare.py (pid {pid}) is still running after {wait_s:.0f} s; wait longer, or send "
+                  f"SIGTERM again to stop at once (kill {pid}; that loses the steps since each arm's last.pth)",
+                  file=sys.stderr, flush=True)
+            return 1
+        time.sleep(0.5)
+    print("stopped; rerun the same command to resume", flush=True)
+    return 0
 
 
 # ----------------------------------------------------------------------------- running
@@ -659,7 +687,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--nice", type=int, default=0, help="niceness added to each training process")
     p.add_argument("--python", default=sys.executable, help="interpreter for train.py")
     p.add_argument("--report-only", action="store_true", help="train nothing; rewrite the report from what has finished")
+    p.add_argument("--stop", action="store_true",
+                   help="stop the compare.py running on --output (its arms save their step) and wait for it; "
+                        "the other flags may be there and are ignored, so the same command plus --stop works")
+    p.add_argument("--stop-wait", type=float, default=600, metavar="S", help="--stop waits this long (default 600 s)")
     return p
+
+
+def parse_stop_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser("bench/compare.py --stop")
+    parser.error = lambda message: fail(message)  # type: ignore[method-assign]
+    parser.add_argument("--stop", action="store_true")
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--stop-wait", type=float, default=600)
+    args = parser.parse_known_args(argv)[0]
+    if args.stop_wait <= 0:
+        fail("--stop-wait must be positive")
+    return args
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[Arm], list[str]]:
@@ -708,6 +752,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--stop" in argv:
+        stop = parse_stop_args(argv)
+        return stop_running(Path(stop.output).resolve(), stop.stop_wait)
     args, arms, common = parse_args(argv)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@
 #   sh bench/compare_fer2013.sh [DATA_ROOT] [OUTPUT_DIR]        # start, or resume: the same command
 #   nohup sh bench/compare_fer2013.sh > $HOME/runs/fer2013_compare.log 2>&1 &
 #   REPORT_ONLY=1 sh bench/compare_fer2013.sh                    # rewrite RESULTS.md from finished arms
+#   STOP=1 sh bench/compare_fer2013.sh                           # pause: the running arm saves its step
 #
 # DATA_ROOT defaults to ../shared/data/fer2013 (next to the repository), OUTPUT_DIR to
 # $HOME/runs/fer2013_compare (outside the work tree). Finished arms are skipped; an arm that was
@@ -43,6 +44,11 @@ WARM_INIT="$OUT/ce/seed0/last.pth"
 # runs recorded in their command.json: compare.py refuses a run whose flags changed).
 MODEL="--backbone resnet18 --img-size 112 --batch-size 64 --opt adamw"
 TRAIN="--weight-decay 1e-4 --sched cosine --amp off --channels-last --workers 0 --cache-images"
+if [ "${STOP:-0}" = 1 ]; then  # compare.py --stop on both stages; the same command without STOP resumes
+  "$PYTHON" "$REPO/bench/compare.py" --stop --output "$OUT/warm"
+  "$PYTHON" "$REPO/bench/compare.py" --stop --output "$OUT"
+  exit 0
+fi
 if [ -z "$EXTRA" ]; then  # one run of this script at a time (compare.py also locks each stage's folder)
   for lock in "$OUT/compare.pid" "$OUT/warm/compare.pid"; do
     if [ -f "$lock" ] && kill -0 "$(cat "$lock")" 2>/dev/null; then

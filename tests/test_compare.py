@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -105,6 +106,33 @@ def test_stopped_arm_resumes_with_resume_auto(tmp_path):
     assert [a[a.index("--method") + 1] for a in launched] == ["ce", "focal"]
     assert launched[0][-2:] == ["--resume", "auto"] and launched[1][-1] == "--overwrite"
     assert runner.failed == ["ce seed 0", "focal seed 0"]
+
+
+def test_stop_flag_stops_the_running_comparison_with_a_checkpoint(demo_root, tmp_path):
+    out = tmp_path / "cmp"
+    argv = [sys.executable, str(ROOT / "bench" / "compare.py"), "--dataset", "demo", "--data-root", str(demo_root),
+            "--methods", "ce", "--steps", "100000", "--common", COMMON + " --save-interval 100000",
+            "--output", str(out)]
+    running = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        metrics = out / "ce" / "seed0" / "metrics.jsonl"
+        deadline = time.monotonic() + 300
+        while not (metrics.is_file() and metrics.read_text().strip()):  # in the training loop, past step 10
+            assert running.poll() is None and time.monotonic() < deadline, running.communicate()[0]
+            time.sleep(0.2)
+        stop = subprocess.run([*argv, "--stop"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert stop.returncode == 0, stop.stdout + stop.stderr
+        assert "sent SIGTERM" in stop.stdout and "stopped; rerun the same command" in stop.stdout
+        assert running.wait(timeout=5) == 130  # it had exited when --stop returned
+    finally:
+        if running.poll() is None:
+            running.kill()
+    run_dir = out / "ce" / "seed0"
+    assert (run_dir / "last.pth").is_file() and not (run_dir / "done.json").exists()  # saved on the signal only
+    assert "stopping after this step with a checkpoint" in (run_dir / "train.log").read_text()
+    assert not (out / "compare.pid").exists()
+    again = subprocess.run([*argv, "--stop"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and "nothing to stop" in again.stdout
 
 
 def test_changed_flags_are_refused(tmp_path, capsys):
