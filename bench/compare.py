@@ -463,9 +463,13 @@ def verdict(diffs: list[float], ce_std: float | None) -> str:
         noise, basis = 2 * ce_std, "2 × std of baseline over seeds"
     else:
         return "noise unknown (1 seed)"
+    digits = 2  # more where two decimals would print the difference and the threshold alike
+    while digits < 6 and f"{abs(m) * 100:.{digits}f}" == f"{noise * 100:.{digits}f}":
+        digits += 1
     if abs(m) < noise:
-        return f"within seed noise (|{m * 100:.2f}| < {noise * 100:.2f} = {basis})"
-    return f"{'better' if m > 0 else 'worse'} beyond seed noise ({m * 100:+.2f}, noise {noise * 100:.2f} = {basis})"
+        return f"within seed noise (|{m * 100:.{digits}f}| < {noise * 100:.{digits}f} = {basis})"
+    return (f"{'better' if m > 0 else 'worse'} beyond seed noise ({m * 100:+.{digits}f}, "
+            f"noise {noise * 100:.{digits}f} = {basis})")
 
 
 def machine_line() -> str:

@@ -213,6 +213,10 @@ def test_noise_rule():
     assert compare.verdict([0.01], 0.01).startswith("within seed noise")
     assert compare.verdict([0.03], 0.01).startswith("better beyond seed noise")
     assert compare.verdict([0.03], None) == "noise unknown (1 seed)"
+    # on the threshold to two decimals (the FER2013 rul arm: -1.3931 against 1.3920): as many
+    # decimals as it takes to show which side it is on
+    assert compare.verdict([-0.013931], 0.006960).startswith("worse beyond seed noise (-1.393, noise 1.392 =")
+    assert compare.verdict([0.013919], 0.006960).startswith("within seed noise (|1.3919| < 1.3920 =")
 
 
 def test_trajectory_columns_keep_the_first_and_last_evaluation():
