@@ -124,10 +124,11 @@ def test_progress_is_plain_lines_when_output_is_not_a_terminal(demo_root, tmp_pa
     assert [line.split()[3] for line in lines] == ["2", "4"]
 
 
-def test_ctrl_c_while_importing_is_one_line_without_traceback(tmp_path):
+def test_ctrl_c_while_importing_is_one_line_without_traceback(demo_root, tmp_path):
     # bench/compare.py stops an arm with SIGINT; one second in, train.py is still importing torch,
     # timm and the project (several seconds on a CPU). Later, cli() reports it the same way.
-    process = subprocess.Popen([sys.executable, "train.py", "--dataset", "demo", "--output", str(tmp_path / "run")],
+    process = subprocess.Popen([sys.executable, "train.py", *TINY, "--data-root", str(demo_root), "--output",
+                                str(tmp_path / "run")],
                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(1.0)
     process.send_signal(signal.SIGINT)
