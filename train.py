@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import io
 import math
+import os
 import signal
 import sys
 import time
@@ -19,7 +20,9 @@ from pathlib import Path
 
 def _interrupted_while_importing(signum: int, frame) -> None:  # noqa: ARG001
     print("interrupted before training started; nothing to save", file=sys.stderr, flush=True)
-    raise SystemExit(130)
+    # Exit at once: an exception raised inside a C extension's import (torch, numpy) turns into a
+    # different ImportError with a traceback, and nothing has been written that needs unwinding.
+    os._exit(130)
 
 
 if __name__ == "__main__":
@@ -319,9 +322,10 @@ def main(args: argparse.Namespace) -> None:
     steps_per_epoch = len(train_set) // (args.batch_size * dist_info.world_size)
     if steps_per_epoch == 0:
         error_exit(f"the training set has {len(train_set)} images, fewer than one batch of {args.batch_size * dist_info.world_size}")
-    train_steps = args.steps or args.epochs * steps_per_epoch
-    # A method may add a stage after it (Face2Exp's fine-tuning); 0 for every one-network method.
-    total_steps = train_steps + get_method_class(args.method).extra_steps(args, steps_per_epoch)
+    # A method may run a stage after its main one (Face2Exp's fine-tuning), after the budget or inside it.
+    train_steps, after_steps = get_method_class(args.method).split_budget(
+        args, args.steps or args.epochs * steps_per_epoch, steps_per_epoch)
+    total_steps = train_steps + after_steps
     num_epochs = math.ceil(total_steps / steps_per_epoch)
     prior = ClassPrior.from_counts(counts, classes)
 
