@@ -46,7 +46,7 @@ class MethodContext:
     model: nn.Module  # the main network, unwrapped (its parameters are those the main optimiser steps)
     train_set: Any
     steps_per_epoch: int
-    train_steps: int  # the --steps/--epochs stage (without Method.extra_steps)
+    train_steps: int  # the method's main stage (Method.split_budget), the main schedule's length
     make_network: Callable[[str], tuple[nn.Module, nn.Module, dict]]  # backbone -> (module, wrapped, model_config)
     make_optimizer: Callable[..., tuple[torch.optim.Optimizer, Any]]  # (module, lr) -> (optimiser, schedule)
 
@@ -101,9 +101,10 @@ class Method(nn.Module):
     manual_optimization: ClassVar[bool] = False
 
     @classmethod
-    def extra_steps(cls, args: argparse.Namespace, steps_per_epoch: int) -> int:
-        """Steps the method adds after the ``--steps``/``--epochs`` stage (e.g. fine-tuning)."""
-        return 0
+    def split_budget(cls, args: argparse.Namespace, budget_steps: int, steps_per_epoch: int) -> tuple[int, int]:
+        """(steps of the main stage, steps of a stage the method runs after it, e.g. fine-tuning) for a
+        ``--steps``/``--epochs`` budget of ``budget_steps``. One-stage methods: the whole budget, 0."""
+        return budget_steps, 0
 
     def setup(self, context: Any) -> None:
         """Called once by train.py after the main model, optimiser and data are built."""

@@ -18,7 +18,9 @@ Per step, in the order of the official ``src/main.py`` (``train_loop``), with a 
 4. the teacher's backward of L_T,uda + L_T,mpl and its optimiser step.
 
 Then ``--finetune-epochs`` epochs of the student alone on the labelled data (plain CE, SGD at
-``--finetune-lr``, constant, as the official ``finetune``). The student is the run's main model
+``--finetune-lr``, constant, as the official ``finetune``): after the ``--steps``/``--epochs``
+budget, as officially, or inside it with ``--finetune-within-budget`` (the MPL stage gets the
+rest), so that the run has the same budget as a one-stage method in ``bench/compare.py``. The student is the run's main model
 (``best.pth``/``last.pth``'s ``model``, what test.py evaluates); the teacher is saved beside it
 (``test.py --network teacher``). Both are evaluated at every evaluation (``teacher_*`` keys in
 metrics.jsonl). ``--balanced-sampler`` gives the teacher class-balanced labelled batches, the
@@ -90,6 +92,10 @@ class Face2Exp(Method):
         group.add_argument("--teacher-lr", type=float, default=None, help="the teacher's learning rate (default: --lr)")
         group.add_argument("--finetune-epochs", type=int, default=125,
                            help="epochs of fine-tuning the student on the labelled data after the MPL stage")
+        group.add_argument("--finetune-within-budget", action="store_true",
+                           help="count the fine-tuning epochs inside --steps/--epochs (the MPL stage gets the rest), "
+                                "so the whole run has the budget of a one-stage method (bench/compare.py); "
+                                "default: after it, as officially")
         group.add_argument("--finetune-lr", type=float, default=1e-5)
         group.add_argument("--finetune-momentum", type=float, default=0.0)
         group.add_argument("--finetune-weight-decay", type=float, default=0.0)
@@ -111,8 +117,14 @@ class Face2Exp(Method):
             raise MethodArgumentError(f"--randaug needs N >= 1 and M >= 1, got {args.randaug[0]} {args.randaug[1]}")
 
     @classmethod
-    def extra_steps(cls, args: argparse.Namespace, steps_per_epoch: int) -> int:
-        return args.finetune_epochs * steps_per_epoch
+    def split_budget(cls, args: argparse.Namespace, budget_steps: int, steps_per_epoch: int) -> tuple[int, int]:
+        finetune = args.finetune_epochs * steps_per_epoch
+        if not args.finetune_within_budget:
+            return budget_steps, finetune  # official: --epochs of MPL, then the fine-tuning epochs
+        if finetune >= budget_steps:
+            raise MethodArgumentError(f"--finetune-within-budget: --finetune-epochs {args.finetune_epochs} "
+                                      f"({finetune} steps) leaves no MPL steps in a budget of {budget_steps}")
+        return budget_steps - finetune, finetune
 
     def __init__(self, args: argparse.Namespace, prior: ClassPrior, schedule: TrainSchedule) -> None:
         super().__init__(args, prior, schedule)
@@ -249,7 +261,7 @@ class Face2Exp(Method):
                 "threshold": a.threshold, "label_smoothing": a.label_smoothing, "randaug": list(a.randaug),
                 "teacher_backbone": a.teacher_backbone or a.backbone, "teacher_lr": a.teacher_lr,
                 "finetune_epochs": a.finetune_epochs, "finetune_lr": a.finetune_lr,
-                "mpl_steps": self.train_steps}
+                "finetune_within_budget": a.finetune_within_budget, "mpl_steps": self.train_steps}
 
     def describe(self) -> list[str]:
         a = self.args

@@ -209,3 +209,19 @@ def test_bad_input_gives_one_message_and_exit_2(flags, message, demo_root, unlab
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert message in err and err.count("error:") == 1 and "Traceback" not in err
+
+
+def test_finetune_within_budget_splits_the_budget(demo_root, unlabeled_list, tmp_path, capsys):
+    from methods.face2exp import Face2Exp, MethodArgumentError
+
+    args = train.parse_args(run_args(demo_root, unlabeled_list, tmp_path / "a"))
+    assert Face2Exp.split_budget(args, 1344, 448) == (1344, 448)  # official: fine-tuning after the budget
+    args.finetune_within_budget = True
+    assert Face2Exp.split_budget(args, 1344, 448) == (896, 448)  # bench/compare_fer2013.sh's face2exp arm
+    with pytest.raises(MethodArgumentError, match="--finetune-within-budget: --finetune-epochs 1"):
+        Face2Exp.split_budget(args, 448, 448)
+    # end to end: demo has 8 steps per epoch at batch 16; --epochs 2 is 8 MPL + 8 fine-tuning steps
+    train.cli([*run_args(demo_root, unlabeled_list, tmp_path / "b"), "--epochs", "2", "--finetune-within-budget",
+               "--dry-run"])
+    out = capsys.readouterr().out
+    assert "8 MPL steps, then 1 fine-tuning epochs" in out and "16 steps (8/epoch, 2 epochs)" in out
