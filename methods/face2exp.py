@@ -20,8 +20,8 @@ Per step, in the order of the official ``src/main.py`` (``train_loop``), with a 
 Then ``--finetune-epochs`` epochs of the student alone on the labelled data (plain CE, SGD at
 ``--finetune-lr``, constant, as the official ``finetune``): after the ``--steps``/``--epochs``
 budget, as officially, or inside it with ``--finetune-within-budget`` (the MPL stage gets the
-rest), so that the run has the same budget as a one-stage method in ``bench/compare.py``. The student is the run's main model
-(``best.pth``/``last.pth``'s ``model``, what test.py evaluates); the teacher is saved beside it
+rest), so that the run has the same budget as a one-stage method in ``bench/compare.py``. The
+student is the run's main model (``best.pth``/``last.pth``'s ``model``, what test.py evaluates); the teacher is saved beside it
 (``test.py --network teacher``). Both are evaluated at every evaluation (``teacher_*`` keys in
 metrics.jsonl). ``--balanced-sampler`` gives the teacher class-balanced labelled batches, the
 paper's "base network learns on class-balanced FER data".
