@@ -21,10 +21,10 @@ Then ``--finetune-epochs`` epochs of the student alone on the labelled data (pla
 ``--finetune-lr``, constant, as the official ``finetune``): after the ``--steps``/``--epochs``
 budget, as officially, or inside it with ``--finetune-within-budget`` (the MPL stage gets the
 rest), so that the run has the same budget as a one-stage method in ``bench/compare.py``. The
-student is the run's main model (``best.pth``/``last.pth``'s ``model``, what test.py evaluates); the teacher is saved beside it
-(``test.py --network teacher``). Both are evaluated at every evaluation (``teacher_*`` keys in
-metrics.jsonl). ``--balanced-sampler`` gives the teacher class-balanced labelled batches, the
-paper's "base network learns on class-balanced FER data".
+student is the run's main model (``best.pth``/``last.pth``'s ``model``, what test.py evaluates);
+the teacher is saved beside it (``test.py --network teacher``). Both are evaluated at every
+evaluation (``teacher_*`` keys in metrics.jsonl). ``--balanced-sampler`` gives the teacher
+class-balanced labelled batches, the paper's "base network learns on class-balanced FER data".
 
 Defaults are the official parser's: mu 7, lambda_u 1, uda_steps 1, T 1, RandAugment (10, 10)
 when --randaug is not given, label smoothing 0, teacher lr = student lr, fine-tuning 125 epochs
