@@ -48,9 +48,10 @@ WARM_INIT="$OUT/ce/seed0/last.pth"
 MODEL="--backbone resnet18 --img-size 112 --batch-size 64 --opt adamw"
 TRAIN="--weight-decay 1e-4 --sched cosine --amp off --channels-last --workers 0 --cache-images"
 if [ "${STOP:-0}" = 1 ]; then  # compare.py --stop on both stages; the same command without STOP resumes
-  "$PYTHON" "$REPO/bench/compare.py" --stop --output "$OUT/warm"
-  "$PYTHON" "$REPO/bench/compare.py" --stop --output "$OUT"
-  exit 0
+  rc=0  # try both stages even if the first does not stop in time
+  "$PYTHON" "$REPO/bench/compare.py" --stop --output "$OUT/warm" || rc=$?
+  "$PYTHON" "$REPO/bench/compare.py" --stop --output "$OUT" || rc=$?
+  exit "$rc"
 fi
 if [ -z "$EXTRA" ]; then  # one run of this script at a time (compare.py also locks each stage's folder)
   for lock in "$OUT/compare.pid" "$OUT/warm/compare.pid"; do
