@@ -27,7 +27,15 @@ the CPU's cores divided between the lanes (``OMP_NUM_THREADS``; ``--threads`` ov
 holds an evaluation at its total step count and last.pth exists (skipped); an arm that was
 stopped resumes with ``--resume auto``; rerunning the same command continues where it stopped.
 A second compare.py on the same OUTPUT is refused while the first runs; an arm's flags may not
-change between runs (the recorded command must match). To pause: the same command with
+change between runs (the recorded command must match, up to a moved ``--data-root`` or OUTPUT).
+
+Records. ``--records DIR`` (a folder in the repository, to commit) keeps a copy of every finished
+run's small files (command.json, config.json, metrics.jsonl, done.json, wall_time.json, train.log;
+no checkpoints): each run is copied there when it finishes, and a run finished there but not in
+OUTPUT is restored into OUTPUT and skipped. A comparison that outlives one machine (OUTPUT lives
+outside the work tree) then loses no finished run: a fresh machine trains only what the records
+lack. done.json names the machine each run trained on (CPU model, family/model, native bf16,
+threads); RESULTS.md lists them when the runs come from more than one. To pause: the same command with
 ``--stop`` added (or SIGTERM/Ctrl-C to compare.py) stops the running arms at their next step with
 a checkpoint of that step; the same command again resumes them.
 
@@ -50,6 +58,7 @@ import os
 import platform
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -65,6 +74,7 @@ if str(REPO) not in sys.path:
 RESERVED = ("--dataset", "--data-root", "--seed", "--output", "--steps", "--epochs", "--resume", "--overwrite")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")
 METRICS = (("overall_acc", "overall"), ("mean_acc", "mean class acc"), ("macro_f1", "macro-F1"))
+RECORD_FILES = ("command.json", "config.json", "metrics.jsonl", "done.json", "wall_time.json", "train.log")
 TRAJECTORY_COLUMNS = 12  # evaluation steps in RESULTS.md's trajectory table: a wider one does not read
 
 
@@ -198,6 +208,36 @@ def is_done(run_dir: Path) -> bool:
     return bool(total and records and records[-1]["step"] >= total and (run_dir / "last.pth").is_file())
 
 
+def same_command(recorded: dict, now: list[str], moved: dict[str, str | None]) -> bool:
+    """Whether a run's recorded command.json is the command ``now``, once the folders it names are
+    moved to where they are now (``moved``: data_root and output, the values the record holds under
+    those keys): a run recorded on another machine may have had its data and output elsewhere."""
+    before = recorded.get("argv")
+    if before == now:
+        return True
+    if not isinstance(before, list):
+        return False
+    pairs = [(recorded[key], new) for key, new in moved.items()
+             if new and isinstance(recorded.get(key), str) and recorded[key] != new]
+
+    def move(token: str) -> str:
+        for old, new in pairs:  # the folder itself or a path under it, alone or as --flag=PATH
+            token = re.sub(rf"(^|=){re.escape(old)}(?=/|$)", lambda m, new=new: m.group(1) + new, token)
+        return token
+
+    return [move(t) for t in before] == now
+
+
+def copy_record(src: Path, dst: Path) -> None:
+    """The small files of a finished run (``RECORD_FILES``), each replaced atomically; no checkpoints."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in RECORD_FILES:
+        if (src / name).is_file():
+            tmp = dst / f".{name}.{os.getpid()}.tmp"
+            shutil.copyfile(src / name, tmp)
+            os.replace(tmp, dst / name)
+
+
 def pid_alive(pid: int) -> bool:
     """Whether ``pid`` runs; a zombie (exited, not yet reaped by its parent) does not."""
     try:
@@ -256,6 +296,7 @@ class Runner:
     def __init__(self, args: argparse.Namespace, arms: list[Arm], common: list[str]) -> None:
         self.args, self.arms, self.common = args, arms, common
         self.out = Path(args.output)
+        self.records = Path(args.records) if args.records else None
         self.lock = threading.Lock()
         self.children: dict[int, subprocess.Popen] = {}
         self.failed: list[str] = []
@@ -284,7 +325,8 @@ class Runner:
             self.say(f"== {label}: being trained by pid {pid} (another process), skipped")
             return
         run_dir.mkdir(parents=True, exist_ok=True)
-        recorded.write_text(json.dumps({"argv": cmd[2:]}, indent=1) + "\n")
+        recorded.write_text(json.dumps({"argv": cmd[2:], "data_root": self.args.data_root,
+                                        "output": str(self.out)}, indent=1) + "\n")
         resume = (run_dir / "last.pth").is_file()
         full = cmd + ["--output", str(run_dir)] + (["--resume", "auto"] if resume else ["--overwrite"])
         env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads),
@@ -314,8 +356,11 @@ class Runner:
         timing.write_text(json.dumps({"wall_s": round(previous + wall, 1)}) + "\n")
         (run_dir / "train.pid").unlink(missing_ok=True)
         if rc == 0 and is_done(run_dir):
-            (run_dir / "done.json").write_text(json.dumps({"wall_s": round(previous + wall, 1),
-                                                           "total_steps": total_steps_of(run_dir)}) + "\n")
+            (run_dir / "done.json").write_text(json.dumps({
+                "wall_s": round(previous + wall, 1), "total_steps": total_steps_of(run_dir),
+                "machine": machine_line(), "threads": self.threads}) + "\n")
+            if self.records:
+                copy_record(run_dir, self.records / arm.name / f"seed{seed}")
             rec = read_records(run_dir / "metrics.jsonl")[-1]
             self.say(f"== {label}: done in {wall:.0f}s: overall {rec['overall_acc'] * 100:.2f} "
                      f"mean {rec['mean_acc'] * 100:.2f} macro-F1 {rec['macro_f1'] * 100:.2f}")
@@ -342,17 +387,46 @@ class Runner:
                     proc.send_signal(signal.SIGINT)  # train.py ends its step, saves last.pth there and exits
         self.say(f"compare.py: signal {signum}; stopping the running arm(s); rerun the same command to resume")
 
+    def moved(self) -> dict[str, str | None]:
+        return {"data_root": self.args.data_root, "output": str(self.out)}
+
+    def check_recorded(self, arm: Arm, seed: int, run_dir: Path, advice: str) -> None:
+        """An arm's flags may not change between runs: its command.json must be today's command."""
+        recorded = run_dir / "command.json"
+        if not recorded.is_file():
+            return
+        try:
+            before = json.loads(recorded.read_text())
+        except ValueError:
+            fail(f"{recorded} is not valid JSON")
+        now = self.command(arm, seed)[2:]
+        if not same_command(before, now, self.moved()):
+            fail(f"{arm.name} seed {seed}: {run_dir} was started with other flags "
+                 f"({shlex.join(before.get('argv') or [])}); now {shlex.join(now)}. {advice}")
+
+    def sync_records(self) -> None:
+        """--records: restore into OUTPUT every run finished in the records but not here (checked
+        against today's flags), and copy every run finished here but missing from the records."""
+        if not self.records:
+            return
+        for arm in self.arms:
+            for seed in arm.seeds:
+                run_dir, kept = self.out / arm.name / f"seed{seed}", self.records / arm.name / f"seed{seed}"
+                if (kept / "done.json").is_file() and not is_done(run_dir):
+                    self.check_recorded(arm, seed, kept, "Use another --records, or delete that folder")
+                    copy_record(kept, run_dir)
+                    machine = json.loads((kept / "done.json").read_text()).get("machine") or "an unnamed machine"
+                    self.say(f"== {arm.name} seed {seed}: restored from {kept} (finished on {machine})")
+                elif is_done(run_dir) and not (kept / "done.json").is_file():
+                    copy_record(run_dir, kept)
+                    self.say(f"== {arm.name} seed {seed}: recorded in {kept}")
+
     def run(self) -> None:
         jobs = job_order(self.arms, self.args.run_last, self.args.baseline)
+        self.sync_records()
         for arm, seed in jobs:  # before anything runs: an arm's flags may not change between runs
-            run_dir = self.out / arm.name / f"seed{seed}"
-            recorded = run_dir / "command.json"
-            if recorded.is_file():
-                before = json.loads(recorded.read_text()).get("argv")
-                now = self.command(arm, seed)[2:]
-                if before != now:
-                    fail(f"{arm.name} seed {seed}: {run_dir} was started with other flags ({shlex.join(before or [])}); "
-                         f"now {shlex.join(now)}. Use another --output, or delete that folder")
+            self.check_recorded(arm, seed, self.out / arm.name / f"seed{seed}",
+                                "Use another --output, or delete that folder")
         pending = list(jobs)
         queue_lock = threading.Lock()
 
@@ -400,10 +474,13 @@ def collect(out: Path, arms: list[Arm]) -> list[dict]:
                 continue
             last = records[-1]
             best = max(records, key=lambda r: r["mean_acc"])  # first of ties, as train.py's best.pth
-            wall = None
+            wall, machine = None, ""
             for name in ("done.json", "wall_time.json"):
                 if (run_dir / name).is_file():
-                    wall = json.loads((run_dir / name).read_text()).get("wall_s")
+                    timing = json.loads((run_dir / name).read_text())
+                    wall = timing.get("wall_s")
+                    if timing.get("machine"):
+                        machine = f"{timing['machine']}; {timing.get('threads', '?')} torch threads"
                     break
             try:
                 version = json.loads((run_dir / "config.json").read_text()).get("code_version", "")
@@ -411,7 +488,7 @@ def collect(out: Path, arms: list[Arm]) -> list[dict]:
                 version = ""
             rows.append({"arm": arm.name, "method": arm.method, "flags": arm.flags_text, "seed": seed,
                          "status": "done" if is_done(run_dir) else "incomplete", "total_steps": total_steps_of(run_dir),
-                         "wall_s": wall, "code_version": version, "classes": last["classes"],
+                         "wall_s": wall, "code_version": version, "machine": machine, "classes": last["classes"],
                          "last": last, "best": best, "curve": [(r["step"], r["mean_acc"]) for r in records],
                          "overall_curve": [(r["step"], r["overall_acc"]) for r in records]})
     return rows
@@ -419,7 +496,7 @@ def collect(out: Path, arms: list[Arm]) -> list[dict]:
 
 def write_csv(path: Path, rows: list[dict]) -> None:
     classes = next((r["classes"] for r in rows), [])
-    head = ["arm", "method", "flags", "seed", "status", "total_steps", "wall_s", "code_version"]
+    head = ["arm", "method", "flags", "seed", "status", "total_steps", "wall_s", "code_version", "machine"]
     for which in ("last", "best"):
         head += [f"{which}_step", f"{which}_overall_acc", f"{which}_mean_acc", f"{which}_macro_f1"]
         head += [f"{which}_recall_{c}" for c in classes]
@@ -429,7 +506,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         writer.writerow(head)
         for r in rows:
             line = [r["arm"], r["method"], r["flags"], r["seed"], r["status"], r["total_steps"],
-                    r["wall_s"] if r["wall_s"] is not None else "", r["code_version"]]
+                    r["wall_s"] if r["wall_s"] is not None else "", r["code_version"], r["machine"]]
             for which in ("last", "best"):
                 rec = r[which]
                 line += [rec["step"], repr(rec["overall_acc"]), repr(rec["mean_acc"]), repr(rec["macro_f1"])]
@@ -472,15 +549,25 @@ def verdict(diffs: list[float], ce_std: float | None) -> str:
             f"noise {noise * 100:.{digits}f} = {basis})")
 
 
-def machine_line() -> str:
-    model = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+def machine_line(cpuinfo: str | None = None) -> str:
+    """The CPU (model name, and x86 family/model: one name can cover several generations), whether
+    it has native bf16, the core count and torch: what a run's wall time and float rounding depend on."""
+    from utils.device import cpu_has_native_bf16, cpu_name
+
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    model = cpu_name(cpuinfo or None)
+    if fields.get("cpu family") and fields.get("model"):
+        model += f" (family {fields['cpu family']} model {fields['model']})"
+    if cpuinfo:
+        model += ", native bf16" if cpu_has_native_bf16(cpuinfo) else ", no native bf16"
     try:
         import torch
         tv = torch.__version__
@@ -518,6 +605,11 @@ def write_markdown(path: Path, rows: list[dict], arms: list[Arm], args: argparse
         "and no claim is made.",
         "",
     ]
+    machines: dict[str, list[str]] = {}
+    for r in done:
+        machines.setdefault(r["machine"] or "not recorded", []).append(f"{r['arm']} s{r['seed']}")
+    if len(machines) > 1 or (machines and "not recorded" not in machines):
+        lines[-1:-1] = ["- Trained on: " + "; ".join(f"{m} ({', '.join(runs)})" for m, runs in machines.items()) + "."]
     missing = [f"{a.name} seed {s}" for a in arms for s in a.seeds
                if not any(r["arm"] == a.name and r["seed"] == s for r in done)]
     if missing:
@@ -690,6 +782,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch threads per arm (default: CPU cores / lanes)")
     p.add_argument("--nice", type=int, default=0, help="niceness added to each training process")
     p.add_argument("--python", default=sys.executable, help="interpreter for train.py")
+    p.add_argument("--records", default=None, metavar="DIR",
+                   help="keep a copy of every finished run's small files here (no checkpoints; e.g. a folder to "
+                        "commit) and restore the runs finished there into --output: a fresh machine trains only "
+                        "what the records lack")
     p.add_argument("--report-only", action="store_true", help="train nothing; rewrite the report from what has finished")
     p.add_argument("--stop", action="store_true",
                    help="stop the compare.py running on --output (its arms save their step) and wait for it; "
@@ -723,6 +819,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     if args.data_root:
         args.data_root = str(Path(args.data_root).resolve())
     args.output = str(Path(args.output).resolve())
+    if args.records:
+        args.records = str(Path(args.records).resolve())
+        if args.records == args.output:
+            fail("--records must be another folder than --output")
     for flag in ("steps", "epochs", "lanes"):
         value = getattr(args, flag)
         if value is not None and value <= 0:
@@ -764,6 +864,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     if args.report_only:
+        Runner(args, arms, common).sync_records()
         rows = write_report(out, arms, args)
         print(f"wrote {out / 'RESULTS.md'} ({sum(r['status'] == 'done' for r in rows)} finished runs)")
         return 0

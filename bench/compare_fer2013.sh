@@ -11,7 +11,10 @@
 #
 # DATA_ROOT defaults to ../shared/data/fer2013 (next to the repository), OUTPUT_DIR to
 # $HOME/runs/fer2013_compare (outside the work tree). Finished arms are skipped; an arm that was
-# stopped resumes from its last.pth. One lane, nice 10; THREADS torch threads (default 1, the faster
+# stopped resumes from its last.pth. Every finished run's small files (metrics, config, command,
+# log, machine; no checkpoints) are also kept in RECORDS (default bench/records/fer2013_compare in
+# the repository: commit it); a run finished there is restored into OUTPUT_DIR and not trained
+# again, so a fresh machine (an empty OUTPUT_DIR) trains only what the records lack. One lane, nice 10; THREADS torch threads (default 1, the faster
 # choice on a shared 2-core CPU; THREADS=2 on an idle one). Threads do not change the results' flags.
 # Two stages, warm first once its starting point exists:
 #   warm (OUTPUT_DIR/warm): from the scratch cross-entropy arm's final last.pth (seed 0), every
@@ -42,6 +45,7 @@ if [ -f "$TCMALLOC" ]; then export LD_PRELOAD="$TCMALLOC${LD_PRELOAD:+:$LD_PRELO
 EXTRA=""
 [ "${REPORT_ONLY:-0}" = 1 ] && EXTRA="--report-only"
 THREADS="${THREADS:-1}"
+RECORDS="${RECORDS:-$REPO/bench/records/fer2013_compare}"
 WARM_INIT="$OUT/ce/seed0/last.pth"
 # Model, data, augmentation and precision of both stages (split around --lr, in the order the
 # runs recorded in their command.json: compare.py refuses a run whose flags changed).
@@ -68,19 +72,19 @@ scratch() {
     --arm face2exp="--method face2exp --unlabeled-root $DATA_ROOT/train --mu 1 --finetune-epochs 1 --finetune-within-budget --finetune-lr 1e-3 --finetune-momentum 0.9" \
     --seeds 0 --arm-seeds ce=0,1,2 --arm-seeds mek=0,1 --run-last face2exp --epochs 3 \
     --common "$MODEL --lr 1e-3 $TRAIN --eval-interval 224 --save-interval 112 --log-interval 28" \
-    --lanes 1 --threads "$THREADS" --nice 10 --output "$OUT" $EXTRA
+    --lanes 1 --threads "$THREADS" --nice 10 --output "$OUT" --records "$RECORDS" $EXTRA
 }
 
-warm() {  # needs the scratch stage's ce seed 0 (its final last.pth)
-  if [ ! -f "$OUT/ce/seed0/done.json" ]; then
-    echo "warm stage: waiting for $OUT/ce/seed0 (scratch cross-entropy, seed 0) to finish"
+warm() {  # needs the scratch stage's ce seed 0 (its final last.pth), unless the records hold the stage
+  if [ ! -d "$RECORDS/warm" ] && ! { [ -f "$OUT/ce/seed0/done.json" ] && [ -f "$WARM_INIT" ]; }; then
+    echo "warm stage: waiting for $OUT/ce/seed0 (scratch cross-entropy, seed 0) to finish with its last.pth"
     return 0
   fi
   "$PYTHON" "$REPO/bench/compare.py" --dataset folder --data-root "$DATA_ROOT" \
     --methods ce,mek,eac,focal,balanced-softmax,logit-adjust \
     --seeds 0 --arm-seeds ce=0,1 --arm-seeds mek=0,1 --steps 224 \
     --common "--init-checkpoint $WARM_INIT $MODEL --lr 2e-4 $TRAIN --eval-interval 56 --save-interval 56 --log-interval 28" \
-    --lanes 1 --threads "$THREADS" --nice 10 --output "$OUT/warm" $EXTRA
+    --lanes 1 --threads "$THREADS" --nice 10 --output "$OUT/warm" --records "$RECORDS/warm" $EXTRA
 }
 
 # exit 1 = some arm failed (reported; the other stage still runs); anything else (stopped: 130) stops here

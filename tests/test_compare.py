@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 import subprocess
 import sys
 import time
@@ -228,3 +229,65 @@ def test_fmt_signs_differences_only():
     assert compare.fmt(0.0299, None, signed=True) == "+2.99"
     assert compare.fmt(-0.0591, 0.001, signed=True) == "-5.91 ± 0.10"
     assert compare.fmt(0.4862, None) == "48.62"
+
+
+def test_records_let_a_fresh_machine_skip_the_finished_runs(demo_root, tmp_path):
+    """--records keeps every finished run's small files (no checkpoints) and restores them into a new
+    --output, with the data moved elsewhere: only the run the records lack is trained."""
+    records, first_out = tmp_path / "records", tmp_path / "machine_a"
+    common = ["--steps", "10", "--common", COMMON, "--records", str(records)]
+    first = run_compare("--dataset", "demo", "--data-root", str(demo_root), "--methods", "ce", *common,
+                        "--output", str(first_out))
+    assert first.returncode == 0, first.stdout + first.stderr
+    kept = records / "ce" / "seed0"
+    assert sorted(p.name for p in kept.iterdir()) == sorted(compare.RECORD_FILES)  # no .pth
+    assert (kept / "metrics.jsonl").read_bytes() == (first_out / "ce" / "seed0" / "metrics.jsonl").read_bytes()
+    done = json.loads((kept / "done.json").read_text())
+    assert done["machine"] == compare.machine_line() and done["threads"] >= 1
+    # as if it had finished on another CPU
+    (kept / "done.json").write_text(json.dumps({**done, "machine": "Other CPU (family 6 model 143)"}))
+
+    moved_root = tmp_path / "elsewhere" / "demo"  # a copy: compare.py resolves a symlink back to demo_root
+    shutil.copytree(demo_root, moved_root)
+    second_out = tmp_path / "machine_b"
+    second = run_compare("--dataset", "demo", "--data-root", str(moved_root), "--methods", "ce",
+                         "--seeds", "0,1", *common, "--output", str(second_out))
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert f"ce seed 0: restored from {kept} (finished on Other CPU (family 6 model 143))" in second.stdout
+    assert "ce seed 0: done, skipped" in second.stdout and second.stdout.count("starting") == 1  # seed 1 only
+    assert not (second_out / "ce" / "seed0" / "last.pth").exists()
+    assert (records / "ce" / "seed1" / "done.json").is_file()  # the new run is recorded too
+    with open(second_out / "results.csv", newline="") as handle:
+        rows = {int(r["seed"]): r for r in csv.DictReader(handle)}
+    first_last = [json.loads(line) for line in (first_out / "ce" / "seed0" / "metrics.jsonl").open()][-1]
+    assert float(rows[0]["last_mean_acc"]) == pytest.approx(first_last["mean_acc"], abs=1e-12)
+    assert rows[0]["machine"].startswith("Other CPU (family 6 model 143); ")
+    assert rows[1]["machine"].startswith(compare.machine_line())
+    md = (second_out / "RESULTS.md").read_text()
+    assert "- Trained on: Other CPU (family 6 model 143)" in md and f"{compare.machine_line()}" in md
+
+    # a record whose flags differ from today's is refused, naming the record
+    third = run_compare("--dataset", "demo", "--data-root", str(moved_root), "--methods", "ce", "--steps", "12",
+                        "--common", COMMON, "--records", str(records), "--output", str(tmp_path / "machine_c"))
+    assert third.returncode == 2 and third.stderr.count("\n") == 1
+    assert f"{kept} was started with other flags" in third.stderr and "--steps 12" in third.stderr
+
+
+def test_same_command_follows_a_moved_data_root_and_output():
+    recorded = {"argv": ["--data-root", "/old/fer", "--unlabeled-root", "/old/fer/train",
+                         "--init-checkpoint=/runs/a/ce/seed0/last.pth", "--x", "/old/ferplus"],
+                "data_root": "/old/fer", "output": "/runs/a"}
+    moved = {"data_root": "/new/fer", "output": "/home/b/runs"}
+    now = ["--data-root", "/new/fer", "--unlabeled-root", "/new/fer/train",
+           "--init-checkpoint=/home/b/runs/ce/seed0/last.pth", "--x", "/old/ferplus"]  # a sibling is not moved
+    assert compare.same_command(recorded, now, moved)
+    assert not compare.same_command(recorded, now[:-1] + ["/new/ferplus"], moved)
+    assert not compare.same_command({"argv": recorded["argv"]}, now, moved)  # no folders recorded: exact only
+    assert compare.same_command({"argv": now}, now, moved)
+
+
+def test_machine_line_tells_cpu_generations_and_bf16_apart():
+    zen3 = "model name\t: AMD EPYC\ncpu family\t: 25\nmodel\t\t: 1\nflags\t\t: fpu avx2 fma\n"
+    zen4 = "model name\t: AMD EPYC\ncpu family\t: 25\nmodel\t\t: 17\nflags\t\t: fpu avx2 avx512f avx512_bf16\n"
+    assert compare.machine_line(zen3).startswith("AMD EPYC (family 25 model 1), no native bf16, ")
+    assert compare.machine_line(zen4).startswith("AMD EPYC (family 25 model 17), native bf16, ")
