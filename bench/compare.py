@@ -35,9 +35,11 @@ no checkpoints): each run is copied there when it finishes, and a run finished t
 OUTPUT is restored into OUTPUT and skipped. A comparison that outlives one machine (OUTPUT lives
 outside the work tree) then loses no finished run: a fresh machine trains only what the records
 lack. done.json names the machine each run trained on (CPU model, family/model, native bf16,
-threads); RESULTS.md lists them when the runs come from more than one. To pause: the same command with
-``--stop`` added (or SIGTERM/Ctrl-C to compare.py) stops the running arms at their next step with
-a checkpoint of that step; the same command again resumes them.
+threads), and RESULTS.md and results.csv say which run trained where.
+
+To pause: the same command with ``--stop`` added (or SIGTERM/Ctrl-C to compare.py) stops the
+running arms at their next step with a checkpoint of that step; the same command again resumes
+them.
 
 After each arm, and at the end, writes to OUTPUT (``--report-only`` just rewrites them):
 ``results.csv`` (a row per arm and seed: last_ and best_ evaluation metrics as fractions, best =
@@ -398,7 +400,9 @@ class Runner:
         try:
             before = json.loads(recorded.read_text())
         except ValueError:
-            fail(f"{recorded} is not valid JSON")
+            before = None
+        if not isinstance(before, dict):
+            fail(f"{recorded} is not a command record (a JSON object with \"argv\"); delete that folder")
         now = self.command(arm, seed)[2:]
         if not same_command(before, now, self.moved()):
             fail(f"{arm.name} seed {seed}: {run_dir} was started with other flags "

@@ -144,6 +144,10 @@ def test_changed_flags_are_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         compare.Runner(args, arms, common).run()
     assert exc.value.code == 2 and "started with other flags" in capsys.readouterr().err
+    (tmp_path / "ce" / "seed0" / "command.json").write_text("[1, 2]")  # not a record compare.py wrote
+    with pytest.raises(SystemExit) as exc:
+        compare.Runner(args, arms, common).run()
+    assert exc.value.code == 2 and "command.json is not a command record" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [
