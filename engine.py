@@ -203,7 +203,7 @@ def train_one_epoch(
                 progress.add_terms(terms)
             progress.step += 1
             progress.batch_in_epoch += 1
-            reporter.update(progress.step, terms["loss"] if terms else torch.zeros(()), optimizer.param_groups[0]["lr"])
+            reporter.update(progress.step, terms["loss"] if terms else torch.zeros(()), method.current_lr(optimizer))
             if on_step is not None:
                 on_step(progress)
             continue

@@ -484,7 +484,7 @@ def main(args: argparse.Namespace) -> None:
                            for name, network in method.networks().items()}
         record = {"epoch": progress.epoch, "step": progress.step, "loss": averages.get("loss", float("nan")),
                   **{f"loss_{k}": v for k, v in averages.items() if k != "loss"},
-                  "lr": optimizer.param_groups[0]["lr"], "skipped_nonfinite": progress.skipped_nonfinite,
+                  "lr": method.current_lr(optimizer), "skipped_nonfinite": progress.skipped_nonfinite,
                   **{k: metrics[k] for k in ("overall_acc", "mean_acc", "per_class_acc", "macro_f1")},
                   **{f"{name}_{k}": m[k] for name, m in network_metrics.items()
                      for k in ("overall_acc", "mean_acc", "per_class_acc", "macro_f1")},

@@ -114,6 +114,11 @@ class Method(nn.Module):
         """One training step with the method's own updates: loss terms, or None if skipped (non-finite)."""
         raise NotImplementedError
 
+    def current_lr(self, optimizer: torch.optim.Optimizer) -> float:
+        """The learning rate of the step just taken, as logged and written to metrics.jsonl: the main
+        optimiser's, unless a later stage steps an optimiser of the method's own."""
+        return optimizer.param_groups[0]["lr"]
+
     def networks(self) -> dict[str, nn.Module]:
         """Extra networks (name -> unwrapped module), evaluated and checkpointed beside the main model."""
         return {}

@@ -254,6 +254,12 @@ class Face2Exp(Method):
             return None
         return {"finetune": loss.detach(), "loss": loss.detach()}
 
+    def current_lr(self, optimizer: torch.optim.Optimizer) -> float:
+        # during fine-tuning the main schedule has run out (lr 0) and the fine-tuning SGD steps
+        if self.step >= self.train_steps:
+            return self.finetune_optimizer.param_groups[0]["lr"]
+        return optimizer.param_groups[0]["lr"]
+
     # ---- record --------------------------------------------------------------------------
     def settings(self) -> dict:
         a = self.args

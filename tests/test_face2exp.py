@@ -152,6 +152,9 @@ def test_metrics_hold_both_networks_and_test_py_evaluates_either(reference, caps
     assert {"teacher_mean_acc", "teacher_per_class_acc", "mean_acc", "per_class_acc", "loss_teacher_mpl",
             "loss_student", "loss_mask"} <= set(records[1])
     assert "loss_finetune" in records[-1]
+    # the logged lr is that of the optimiser taking the steps: the fine-tuning SGD's constant 0.01
+    # once the MPL stage's cosine has run out (it had read 0 there)
+    assert [r["lr"] for r in records[2:]] == [0.01, 0.01] and records[0]["lr"] != 0.01
     last = records[-1]
     capsys.readouterr()
     student = test_script.cli([str(reference / "last.pth"), "--no-progress", "--workers", "0",
