@@ -14,8 +14,9 @@
 # stopped resumes from its last.pth. Every finished run's small files (metrics, config, command,
 # log, machine; no checkpoints) are also kept in RECORDS (default bench/records/fer2013_compare in
 # the repository: commit it); a run finished there is restored into OUTPUT_DIR and not trained
-# again, so a fresh machine (an empty OUTPUT_DIR) trains only what the records lack. One lane, nice 10; THREADS torch threads (default 1, the faster
-# choice on a shared 2-core CPU; THREADS=2 on an idle one). Threads do not change the results' flags.
+# again, so a fresh machine (an empty OUTPUT_DIR) trains only what the records lack. One lane,
+# nice 10; THREADS torch threads (default 1, the faster choice on a shared 2-core CPU; THREADS=2 on
+# an idle one). Threads do not change the results' flags.
 # Two stages, warm first once its starting point exists:
 #   warm (OUTPUT_DIR/warm): from the scratch cross-entropy arm's final last.pth (seed 0), every
 #     method whose model is that network (backbone + CAM head: ce, mek, eac, focal,
