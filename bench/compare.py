@@ -567,7 +567,7 @@ def machine_line(cpuinfo: str | None = None) -> str:
     for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
         fields.setdefault(key.strip(), value.strip())
-    model = cpu_name(cpuinfo or None)
+    model = cpu_name(cpuinfo)
     if fields.get("cpu family") and fields.get("model"):
         model += f" (family {fields['cpu family']} model {fields['model']})"
     if cpuinfo:
@@ -612,7 +612,7 @@ def write_markdown(path: Path, rows: list[dict], arms: list[Arm], args: argparse
     machines: dict[str, list[str]] = {}
     for r in done:
         machines.setdefault(r["machine"] or "not recorded", []).append(f"{r['arm']} s{r['seed']}")
-    if len(machines) > 1 or (machines and "not recorded" not in machines):
+    if any(m != "not recorded" for m in machines):
         lines[-1:-1] = ["- Trained on: " + "; ".join(f"{m} ({', '.join(runs)})" for m, runs in machines.items()) + "."]
     missing = [f"{a.name} seed {s}" for a in arms for s in a.seeds
                if not any(r["arm"] == a.name and r["seed"] == s for r in done)]
