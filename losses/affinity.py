@@ -10,7 +10,9 @@ c_{y_i} of its class, normalised by how spread the centres are:
 Var_k is the unbiased variance over the K centres, per feature dimension (``centers.var(dim=0)``).
 The official code clamps each entry of the masked distance matrix to [1e-12, 1e12], which adds
 (K - 1) * 1e-12 per sample for the masked-out classes; that constant is dropped here (it has no
-gradient); each sample's own distance is clamped the same way.
+gradient). Each sample's own distance is clamped too, but in another order: the official code
+clamps after dividing by the variance sum (clamp(d_i / V)), this code before (clamp(d_i) / V); the
+two differ only when d_i or d_i / V leaves [1e-12, 1e12], a negligible difference.
 
 The centres belong to the method (``methods/dan.py``), one per class of the dataset. The official
 scripts build 8 centres for 7-class RAF-DB (``AffinityLoss(device)`` with its default
