@@ -12,7 +12,8 @@ relative uncertainties, and the mix is classified against both labels
     mixed_i = u_i/(u_i+u_j) mu_i + u_j/(u_i+u_j) mu_j          (j = perm(i), the partner of i)
     L       = 1/2 CE(fc(mixed_i), y_i) + 1/2 CE(fc(mixed_i), y_j)   (each CE averaged over the batch)
 
-One mix per sample, scored against its own label and its partner's (official ``src/utils.py`` ``mixup_criterion``).
+One mix per sample, scored against its own label and its partner's (official ``src/utils.py``
+``mixup_criterion``).
 
 Evaluation classifies mu alone (fc(mu)): the head's eval-mode logits. The partner permutation comes
 from torch's global generator (``torch.randperm``), which seeding and exact resume cover.
