@@ -24,12 +24,12 @@ from torch.utils.data import DataLoader
 
 import engine
 from data import DatasetError, ImageListDataset, Sample, build_dataset
-from data.transforms import AugmentConfig, build_eval_transform
+from data.transforms import NORMALISATIONS, AugmentConfig, build_eval_transform
 from methods import method_from_config
 from models import build_model_from_config
-from train import NORMALISATIONS, resolve_device, worker_error_message
 from utils.checkpoint import CheckpointError, check_model_fits, load_checkpoint
-from utils.logging import error_exit
+from utils.device import resolve_device
+from utils.logging import error_exit, worker_error_message
 from utils.metrics import classification_metrics
 
 

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 import engine
 from data import DATASETS, DEFAULT_ROOTS, DatasetError, build_dataset
 from data.sampler import ResumableSampler, ShardSampler
-from data.transforms import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, build_eval_transform, build_train_transform
+from data.transforms import NORMALISATIONS, AugmentConfig, build_eval_transform, build_train_transform
 from losses.class_prior import ClassPrior
 from methods import METHODS, TrainSchedule, add_method_args, build_method, check_foreign_flags, get_method_class
 from methods.base import MethodContext
@@ -51,14 +51,12 @@ from utils.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from utils.device import resolve_amp, slow_amp_warning
+from utils.device import resolve_amp, resolve_device, slow_amp_warning
 from utils.distributed import DistInfo, barrier, cleanup_distributed, init_distributed
-from utils.logging import RunLogger, error_exit
+from utils.logging import RunLogger, error_exit, worker_error_message
 from utils.optim import build_optimizer, build_scheduler, load_optimizer_state
 from utils.plot import plot_curves
 from utils.stop import GracefulStop, StopRequested
-
-NORMALISATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "half": ((0.5,) * 3, (0.5,) * 3)}
 
 
 def get_args_parser(method: str = "mek") -> argparse.ArgumentParser:
@@ -161,14 +159,6 @@ def get_args_parser(method: str = "mek") -> argparse.ArgumentParser:
     return p
 
 
-def resolve_device(name: str, dist_info: DistInfo | None = None) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        error_exit("--device cuda, but CUDA is not available on this machine")
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda", dist_info.local_rank if dist_info else 0)
-    return torch.device("cpu")
-
-
 def check_args(args: argparse.Namespace) -> None:
     if args.amp == "fp16" and args.device_type != "cuda":
         error_exit("--amp fp16 needs CUDA; use --amp bf16 on CPU")
@@ -216,8 +206,7 @@ def augment_config(args: argparse.Namespace) -> AugmentConfig:
 
 def build_data(args: argparse.Namespace, dist_info: DistInfo):
     aug = augment_config(args)
-    if args.dataset not in DATASETS:
-        error_exit(f"--dataset {args.dataset!r} is unknown; choose from {', '.join(sorted(DATASETS))}")
+    DATASETS.lookup(args.dataset)  # DatasetError naming the known datasets
     root = args.data_root or DEFAULT_ROOTS.get(args.dataset)
     if root is None:
         error_exit(f"--data-root is required for --dataset {args.dataset}")
@@ -298,7 +287,7 @@ def build_network(args: argparse.Namespace, backbone: str, head: str, num_classe
 
 def main(args: argparse.Namespace) -> None:
     dist_info = init_distributed("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
-    device = resolve_device(args.device, dist_info)
+    device = resolve_device(args.device, dist_info.local_rank)
     args.device_type = device.type
     args.world_size = dist_info.world_size
     args.amp, amp_reason = resolve_amp(args.amp, device)
@@ -593,24 +582,14 @@ def _check_resumable(state: dict, model: torch.nn.Module, args: argparse.Namespa
                 "an exact resume needs the same value")
 
 
-def worker_error_message(exc: Exception) -> str:
-    """The original message of an error re-raised from a DataLoader worker, without its traceback."""
-    text = str(exc)
-    if "Original Traceback" not in text:
-        return text
-    last = [line for line in text.splitlines() if line.strip()][-1]
-    return last.split(": ", 1)[1] if ": " in last else last
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Two stages: ``--method`` first, then the common flags plus that method's own."""
     argv = sys.argv[1:] if argv is None else list(argv)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--method", default="mek")
     method = pre.parse_known_args(argv)[0].method
-    if method not in METHODS:
-        error_exit(f"--method {method!r} is unknown; choose from {', '.join(sorted(METHODS))}")
     try:
+        METHODS.lookup(method)
         check_foreign_flags(argv, method)
     except ValueError as exc:
         error_exit(str(exc))

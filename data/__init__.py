@@ -1,7 +1,9 @@
 """Datasets (one per file) behind one registry, plus transforms and the resumable sampler.
 
 Add a dataset by writing ``my_dataset_samples(root, split, label_file, num_classes)``
-returning ``(samples, classes)`` and registering it in ``DATASETS``.
+returning ``(samples, classes)`` and registering it: ``DATASETS.add("name", factory)`` or
+``@DATASETS.register("name")`` (``utils/registry.py``). A factory that knows an official
+validation split answers ``split="val"``; others raise :class:`DatasetError` for it.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from .errors import BadImageError, DatasetError
 from .ferplus import ferplus_private_samples, ferplus_samples
 from .folder import folder_samples
 from .raf_db import raf_db_samples
+from utils.registry import Registry
 
 SampleListFactory = Callable[..., tuple[list[Sample], list[str]]]
 
@@ -30,14 +33,13 @@ def _demo_samples(root: Path, split: str, label_file: Path | None = None, num_cl
     return raf_db_samples(root, split, label_file, num_classes)
 
 
-DATASETS: dict[str, SampleListFactory] = {
-    "raf-db": raf_db_samples,
-    "folder": folder_samples,
-    "demo": _demo_samples,
-    "ferplus": ferplus_samples,  # test = PublicTest (FER2013Valid)
-    "ferplus-private": ferplus_private_samples,  # test = PrivateTest (FER2013Test)
-    "affectnet": affectnet_samples,  # test = the validation set
-}
+DATASETS: Registry[SampleListFactory] = Registry("dataset", error=DatasetError)
+DATASETS.add("raf-db", raf_db_samples)
+DATASETS.add("folder", folder_samples)
+DATASETS.add("demo", _demo_samples)
+DATASETS.add("ferplus", ferplus_samples)  # test = PublicTest (FER2013Valid)
+DATASETS.add("ferplus-private", ferplus_private_samples)  # test = PrivateTest (FER2013Test)
+DATASETS.add("affectnet", affectnet_samples)  # test = the validation set
 
 DEFAULT_ROOTS = {
     "raf-db": "dataset/raf-basic",
@@ -49,7 +51,7 @@ DEFAULT_ROOTS = {
 
 
 def register_dataset(name: str, factory: SampleListFactory, default_root: str | None = None) -> None:
-    DATASETS[name] = factory
+    DATASETS.add(name, factory, replace=True)
     if default_root:
         DEFAULT_ROOTS[name] = default_root
 
@@ -63,11 +65,10 @@ def build_dataset(
     num_classes: int | None = None,
     skip_bad_images: bool = False,
 ) -> ImageListDataset:
-    """Build split ``split`` ('train' or 'test') of dataset ``name`` at ``root``."""
-    if name not in DATASETS:
-        raise DatasetError(f"--dataset {name!r} is unknown; choose from {', '.join(sorted(DATASETS))}")
+    """Build split ``split`` ('train', 'test', or 'val' where the dataset has one) of ``name`` at ``root``."""
+    factory = DATASETS.lookup(name)
     root = Path(root)
-    samples, classes = DATASETS[name](root, split, Path(label_file) if label_file else None, num_classes)
+    samples, classes = factory(root, split, Path(label_file) if label_file else None, num_classes)
     missing = [s.path for s in samples if not s.path.is_file()]
     if missing and not skip_bad_images:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""

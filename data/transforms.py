@@ -17,6 +17,12 @@ from torchvision import transforms as T
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# ``--norm`` name -> (mean, std); recorded in every checkpoint's model_config so that test.py,
+# predict.py, visualize.py and export.py normalise as training did.
+NORMALISATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+    "half": ((0.5,) * 3, (0.5,) * 3),
+}
 
 
 def safe_posterize(img: Image.Image, bits_to_keep: int, **_) -> Image.Image:

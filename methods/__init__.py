@@ -1,8 +1,8 @@
 """Training methods behind one registry: ``train.py --method NAME`` plus that method's flags.
 
 Add a method: write ``methods/my_method.py`` with a :class:`Method` subclass (its flags, its
-training step, its formula and paper in the docstring) and add one line to ``_REGISTERED``
-below. ``python train.py --method NAME --help`` lists its flags.
+training step, its formula and paper in the docstring) and add it to ``_REGISTERED`` below
+(or decorate it with ``@register_method`` outside this package). ``python train.py --method NAME --help`` lists its flags.
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import argparse
 from typing import Iterable, Sequence
 
 from losses.class_prior import ClassPrior
+from utils.registry import Registry
 
 from .balanced_softmax import BalancedSoftmax
 from .base import Method, MethodArgumentError, TrainSchedule
@@ -25,21 +26,18 @@ from .rul import RUL
 
 _REGISTERED: tuple[type[Method], ...] = (MEK, CrossEntropy, EAC, Focal, LDAM, BalancedSoftmax, LogitAdjust, RUL, DAN,
                                            Face2Exp)
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in _REGISTERED}
+METHODS: Registry[type[Method]] = Registry("method", error=MethodArgumentError)
+for _cls in _REGISTERED:
+    METHODS.add(_cls.name, _cls)
 
 
 def register_method(cls: type[Method]) -> type[Method]:
     """Register a method class defined outside this package (a decorator)."""
-    if cls.name in METHODS:
-        raise ValueError(f"method {cls.name!r} is registered twice")
-    METHODS[cls.name] = cls
-    return cls
+    return METHODS.add(cls.name, cls)
 
 
 def get_method_class(name: str) -> type[Method]:
-    if name not in METHODS:
-        raise MethodArgumentError(f"--method {name!r} is unknown; choose from {', '.join(sorted(METHODS))}")
-    return METHODS[name]
+    return METHODS.lookup(name)
 
 
 def add_method_args(parser: argparse.ArgumentParser, name: str) -> None:

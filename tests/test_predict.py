@@ -98,7 +98,7 @@ def test_rotated_photo_is_sideways_without_exif(photos):
 
 
 def test_no_detect_uses_the_checkpoints_own_preprocessing(checkpoint, demo_root, tmp_path, capsys):
-    from data.transforms import AugmentConfig, build_eval_transform
+    from data.transforms import NORMALISATIONS, AugmentConfig, build_eval_transform
     from models import build_model_from_config
     from utils.checkpoint import load_checkpoint
 
@@ -111,7 +111,7 @@ def test_no_detect_uses_the_checkpoints_own_preprocessing(checkpoint, demo_root,
     config = state["model_config"]
     model = build_model_from_config(config)
     model.load_state_dict(state["model"])
-    mean, std = train.NORMALISATIONS[config["norm"]]
+    mean, std = NORMALISATIONS[config["norm"]]
     transform = build_eval_transform(AugmentConfig(img_size=config["img_size"], mean=mean, std=std,
                                                    interpolation=config["interpolation"]))
     with torch.no_grad():

@@ -36,6 +36,19 @@ BF16_MIN_SPEEDUP = 1.10
 AMP_CHOICES = ("auto", "off", "bf16", "fp16")
 
 
+class DeviceError(ValueError):
+    """The requested device does not exist here; the message names the flag."""
+
+
+def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """``--device`` auto | cpu | cuda -> a device (CUDA device ``local_rank`` under torchrun)."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DeviceError("--device cuda, but CUDA is not available on this machine")
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
 def _read_cpuinfo() -> str | None:
     try:
         return Path("/proc/cpuinfo").read_text()

@@ -69,16 +69,11 @@ class Predictor:
         return torch.softmax(self.run(faces).logits.float(), dim=1).cpu()
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise CheckpointError("--device cuda, but CUDA is not available on this machine")
-    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
-
-
 def load_predictor(path: str | Path, device: str = "cpu") -> Predictor:
     """Rebuild a checkpoint's model in eval mode; raises CheckpointError naming the file."""
+    from data.transforms import NORMALISATIONS
     from models import build_model_from_config
-    from train import NORMALISATIONS
+    from utils.device import DeviceError, resolve_device
 
     state = load_checkpoint(path)
     config = state["model_config"]
@@ -91,7 +86,10 @@ def load_predictor(path: str | Path, device: str = "cpu") -> Predictor:
     model = build_model_from_config(config)
     check_model_fits(state["model"], model, path, config)
     model.load_state_dict(state["model"])
-    dev = resolve_device(device)
+    try:
+        dev = resolve_device(device)
+    except DeviceError as exc:
+        raise CheckpointError(str(exc)) from None
     model.to(dev).eval()
     mean, std = NORMALISATIONS[norm]
     return Predictor(model=model, classes=list(config["classes"]), img_size=int(config["img_size"]),

@@ -59,6 +59,15 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
+def worker_error_message(exc: Exception) -> str:
+    """The original message of an error re-raised from a DataLoader worker, without its traceback."""
+    text = str(exc)
+    if "Original Traceback" not in text:
+        return text
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    return last.split(": ", 1)[1] if ": " in last else last
+
+
 def error_exit(message: str, code: int = 2) -> None:
     """Print one clear error line and exit non-zero (no traceback)."""
     print(f"error: {message}", file=sys.stderr, flush=True)
