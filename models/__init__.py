@@ -6,6 +6,7 @@ from torch import nn
 from .backbones import BACKBONES, create_backbone, feature_map, register_backbone
 from . import vggface2_resnet  # registers resnet50_vggface2
 from . import cbam  # registers resnet18_cbam, resnet50_cbam
+from . import dlib_resnet  # registers dlib_resnet, dlib_resnet_l0 .. _l3
 from .heads import HEADS, FERModel, ModelOutput, build_head, register_head
 
 
