@@ -150,6 +150,24 @@ def test_focal_loss_hand_computed_and_gamma_zero_is_ce():
     assert zero.item() == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-6)
 
 
+def test_class_balanced_focal_is_the_plain_mean_of_weighted_focal_terms():
+    # counts [3, 1], beta 0.5: raw weights 0.5 / (1 - 0.5^3) = 4/7 and 0.5 / 0.5 = 1, normalised
+    # to sum 2: a = [8/11, 14/11]. Two samples of class 0 and one of class 1, so the plain mean
+    # (Cui et al.) differs from torch's weighted mean (divided by 8/11 + 8/11 + 14/11 = 30/11).
+    ln3, ln2 = math.log(3.0), math.log(2.0)
+    logits = torch.tensor([[ln3, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    labels = torch.tensor([0, 0, 1])
+    # p_y = 3/4, 1/2, 1/2; focal terms (1 - p)^2 (-log p) with gamma 2.
+    fl = [(1 / 4) ** 2 * math.log(4 / 3), (1 / 2) ** 2 * ln2, (1 / 2) ** 2 * ln2]
+    a = [8 / 11, 8 / 11, 14 / 11]
+    expected = sum(w * f for w, f in zip(a, fl)) / 3
+    x = logits[:, :, None, None]
+    terms = methods.make_method("focal", [3, 1], cb_beta=0.5).training_step(MapsModel(), x, labels)
+    assert terms["focal"].item() == pytest.approx(expected, rel=1e-6)
+    assert expected != pytest.approx(sum(w * f for w, f in zip(a, fl)) / sum(a), rel=1e-3)
+    assert expected != pytest.approx(sum(fl) / 3, rel=1e-3)  # the weights matter here
+
+
 def test_ldam_margins_scale_and_deferred_reweighting():
     # counts [16, 1]: margins 0.25 and 0.5; cosine logits scaled by s = 2.
     logits, labels = torch.tensor([[0.5, 0.1], [0.2, 0.3]]), torch.tensor([0, 1])

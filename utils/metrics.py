@@ -17,16 +17,19 @@ def classification_metrics(targets: Sequence[int], predictions: Sequence[int], n
     """Metrics of ``predictions`` against ``targets``; classes absent from targets are left out of mean_acc."""
     targets = np.asarray(targets, dtype=np.int64)
     predictions = np.asarray(predictions, dtype=np.int64)
+    if len(targets) == 0:  # scikit-learn refuses empty inputs; an empty split scores zeros
+        return {"overall_acc": 0.0, "mean_acc": 0.0, "per_class_acc": [0.0] * num_classes, "macro_f1": 0.0,
+                "confusion_matrix": [[0] * num_classes for _ in range(num_classes)], "num_samples": 0}
     labels = list(range(num_classes))
     matrix = confusion_matrix(targets, predictions, labels=labels)
     present = matrix.sum(axis=1) > 0
-    per_class = recall_score(targets, predictions, labels=labels, average=None, zero_division=0) if len(targets) \
-        else np.zeros(num_classes)
+    per_class = recall_score(targets, predictions, labels=labels, average=None, zero_division=0)
     return {
-        "overall_acc": float((targets == predictions).mean()) if len(targets) else 0.0,
-        "mean_acc": float(per_class[present].mean()) if present.any() else 0.0,
+        "overall_acc": float((targets == predictions).mean()),
+        "mean_acc": float(per_class[present].mean()),
         "per_class_acc": [float(x) for x in per_class],
-        "macro_f1": float(f1_score(targets, predictions, labels=[l for l in labels if present[l]], average="macro", zero_division=0)),
+        "macro_f1": float(f1_score(targets, predictions, labels=[l for l in labels if present[l]], average="macro",
+                                   zero_division=0)),
         "confusion_matrix": matrix.tolist(),
         "num_samples": int(len(targets)),
     }
