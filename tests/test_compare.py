@@ -16,6 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 import compare  # noqa: E402
+import compare_records  # noqa: E402
+import compare_report  # noqa: E402
 
 # test_resnet: timm's tiny ResNet, so four training runs fit in a test.
 COMMON = "--img-size 32 --batch-size 16 --workers 0 --backbone test_resnet --eval-interval 10"
@@ -206,33 +208,33 @@ def test_run_last_must_name_an_arm(capsys):
 
 def test_noise_rule():
     # two paired seeds: |mean| against 2 x std of the differences
-    assert compare.verdict([0.010, 0.012], None).startswith("better beyond seed noise")
-    assert compare.verdict([0.010, -0.010], None).startswith("within seed noise")
-    assert compare.verdict([-0.05, -0.04], None).startswith("worse beyond seed noise")
+    assert compare_report.verdict([0.010, 0.012], None).startswith("better beyond seed noise")
+    assert compare_report.verdict([0.010, -0.010], None).startswith("within seed noise")
+    assert compare_report.verdict([-0.05, -0.04], None).startswith("worse beyond seed noise")
     # two paired diffs that agree by chance (std 0.00014) do not make +0.0231 significant when the
     # baseline itself spreads by 0.02 over its seeds: the larger std is the noise
-    assert compare.verdict([0.0230, 0.0232], 0.02).startswith("within seed noise (|2.31| < 4.00 = 2 × std of baseline")
-    assert compare.verdict([0.0230, 0.0232], 0.001).startswith("better beyond seed noise (+2.31, noise 0.20 = 2 × std of baseline")
-    assert compare.verdict([0.010, 0.012], 0.0001).startswith("better beyond seed noise (+1.10, noise 0.28 = 2 × std of paired")
+    assert compare_report.verdict([0.0230, 0.0232], 0.02).startswith("within seed noise (|2.31| < 4.00 = 2 × std of baseline")
+    assert compare_report.verdict([0.0230, 0.0232], 0.001).startswith("better beyond seed noise (+2.31, noise 0.20 = 2 × std of baseline")
+    assert compare_report.verdict([0.010, 0.012], 0.0001).startswith("better beyond seed noise (+1.10, noise 0.28 = 2 × std of paired")
     # one paired seed: against 2 x the baseline's std over its seeds; unknown without it
-    assert compare.verdict([0.01], 0.01).startswith("within seed noise")
-    assert compare.verdict([0.03], 0.01).startswith("better beyond seed noise")
-    assert compare.verdict([0.03], None) == "noise unknown (1 seed)"
+    assert compare_report.verdict([0.01], 0.01).startswith("within seed noise")
+    assert compare_report.verdict([0.03], 0.01).startswith("better beyond seed noise")
+    assert compare_report.verdict([0.03], None) == "noise unknown (1 seed)"
     # on the threshold to two decimals (the FER2013 rul arm: -1.3931 against 1.3920): as many
     # decimals as it takes to show which side it is on
-    assert compare.verdict([-0.013931], 0.006960).startswith("worse beyond seed noise (-1.393, noise 1.392 =")
-    assert compare.verdict([0.013919], 0.006960).startswith("within seed noise (|1.3919| < 1.3920 =")
+    assert compare_report.verdict([-0.013931], 0.006960).startswith("worse beyond seed noise (-1.393, noise 1.392 =")
+    assert compare_report.verdict([0.013919], 0.006960).startswith("within seed noise (|1.3919| < 1.3920 =")
 
 
 def test_trajectory_columns_keep_the_first_and_last_evaluation():
-    assert compare.evaluation_columns([224, 448, 672]) == [224, 448, 672]
-    assert compare.evaluation_columns(list(range(10, 1010, 10)), limit=5) == [10, 260, 510, 750, 1000]
+    assert compare_report.evaluation_columns([224, 448, 672]) == [224, 448, 672]
+    assert compare_report.evaluation_columns(list(range(10, 1010, 10)), limit=5) == [10, 260, 510, 750, 1000]
 
 
 def test_fmt_signs_differences_only():
-    assert compare.fmt(0.0299, None, signed=True) == "+2.99"
-    assert compare.fmt(-0.0591, 0.001, signed=True) == "-5.91 ± 0.10"
-    assert compare.fmt(0.4862, None) == "48.62"
+    assert compare_report.fmt(0.0299, None, signed=True) == "+2.99"
+    assert compare_report.fmt(-0.0591, 0.001, signed=True) == "-5.91 ± 0.10"
+    assert compare_report.fmt(0.4862, None) == "48.62"
 
 
 def test_records_let_a_fresh_machine_skip_the_finished_runs(demo_root, tmp_path):
@@ -244,10 +246,10 @@ def test_records_let_a_fresh_machine_skip_the_finished_runs(demo_root, tmp_path)
                         "--output", str(first_out))
     assert first.returncode == 0, first.stdout + first.stderr
     kept = records / "ce" / "seed0"
-    assert sorted(p.name for p in kept.iterdir()) == sorted(compare.RECORD_FILES)  # no .pth
+    assert sorted(p.name for p in kept.iterdir()) == sorted(compare_records.RECORD_FILES)  # no .pth
     assert (kept / "metrics.jsonl").read_bytes() == (first_out / "ce" / "seed0" / "metrics.jsonl").read_bytes()
     done = json.loads((kept / "done.json").read_text())
-    assert done["machine"] == compare.machine_line() and done["threads"] >= 1
+    assert done["machine"] == compare_records.machine_line() and done["threads"] >= 1
     # as if it had finished on another CPU
     (kept / "done.json").write_text(json.dumps({**done, "machine": "Other CPU (family 6 model 143)"}))
 
@@ -266,9 +268,9 @@ def test_records_let_a_fresh_machine_skip_the_finished_runs(demo_root, tmp_path)
     first_last = [json.loads(line) for line in (first_out / "ce" / "seed0" / "metrics.jsonl").open()][-1]
     assert float(rows[0]["last_mean_acc"]) == pytest.approx(first_last["mean_acc"], abs=1e-12)
     assert rows[0]["machine"].startswith("Other CPU (family 6 model 143); ")
-    assert rows[1]["machine"].startswith(compare.machine_line())
+    assert rows[1]["machine"].startswith(compare_records.machine_line())
     md = (second_out / "RESULTS.md").read_text()
-    assert "- Trained on: Other CPU (family 6 model 143)" in md and f"{compare.machine_line()}" in md
+    assert "- Trained on: Other CPU (family 6 model 143)" in md and f"{compare_records.machine_line()}" in md
 
     # a record whose flags differ from today's is refused, naming the record
     third = run_compare("--dataset", "demo", "--data-root", str(moved_root), "--methods", "ce", "--steps", "12",
@@ -284,14 +286,14 @@ def test_same_command_follows_a_moved_data_root_and_output():
     moved = {"data_root": "/new/fer", "output": "/home/b/runs"}
     now = ["--data-root", "/new/fer", "--unlabeled-root", "/new/fer/train",
            "--init-checkpoint=/home/b/runs/ce/seed0/last.pth", "--x", "/old/ferplus"]  # a sibling is not moved
-    assert compare.same_command(recorded, now, moved)
-    assert not compare.same_command(recorded, now[:-1] + ["/new/ferplus"], moved)
-    assert not compare.same_command({"argv": recorded["argv"]}, now, moved)  # no folders recorded: exact only
-    assert compare.same_command({"argv": now}, now, moved)
+    assert compare_records.same_command(recorded, now, moved)
+    assert not compare_records.same_command(recorded, now[:-1] + ["/new/ferplus"], moved)
+    assert not compare_records.same_command({"argv": recorded["argv"]}, now, moved)  # no folders recorded: exact only
+    assert compare_records.same_command({"argv": now}, now, moved)
 
 
 def test_machine_line_tells_cpu_generations_and_bf16_apart():
     zen3 = "model name\t: AMD EPYC\ncpu family\t: 25\nmodel\t\t: 1\nflags\t\t: fpu avx2 fma\n"
     zen4 = "model name\t: AMD EPYC\ncpu family\t: 25\nmodel\t\t: 17\nflags\t\t: fpu avx2 avx512f avx512_bf16\n"
-    assert compare.machine_line(zen3).startswith("AMD EPYC (family 25 model 1), no native bf16, ")
-    assert compare.machine_line(zen4).startswith("AMD EPYC (family 25 model 17), native bf16, ")
+    assert compare_records.machine_line(zen3).startswith("AMD EPYC (family 25 model 1), no native bf16, ")
+    assert compare_records.machine_line(zen4).startswith("AMD EPYC (family 25 model 17), native bf16, ")
