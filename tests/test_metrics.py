@@ -42,3 +42,48 @@ def test_empty_test_set_gives_zeros_not_an_error():
     m = classification_metrics([], [], num_classes=3)
     assert (m["overall_acc"], m["mean_acc"], m["macro_f1"], m["num_samples"]) == (0.0, 0.0, 0.0, 0)
     assert m["confusion_matrix"] == [[0] * 3] * 3
+
+
+# ---- distribution metrics ------------------------------------------------------------------
+import math  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from utils.metrics import expected_calibration_error, vote_metrics  # noqa: E402
+
+
+def test_vote_kl_and_nll_hand_computed():
+    # Votes 6/4 and 10/0 over two classes; predictions (0.5, 0.5) and (0.8, 0.2).
+    votes = np.array([[6, 4], [10, 0]])
+    probs = np.array([[0.5, 0.5], [0.8, 0.2]])
+    nll = [-(0.6 * math.log(0.5) + 0.4 * math.log(0.5)), -math.log(0.8)]
+    entropy = [-(0.6 * math.log(0.6) + 0.4 * math.log(0.4)), 0.0]  # 0 log 0 = 0
+    m = vote_metrics(probs, votes)
+    assert m["vote_nll"] == pytest.approx(sum(nll) / 2, rel=1e-12)
+    assert m["vote_kl"] == pytest.approx((nll[0] - entropy[0] + nll[1]) / 2, rel=1e-12)
+    # A model that predicts the vote distribution itself has KL 0 and NLL equal to the votes' entropy.
+    exact = vote_metrics(np.array([[0.6, 0.4], [1.0, 0.0]]), votes)
+    assert exact["vote_kl"] == pytest.approx(0.0, abs=1e-12)
+    assert exact["vote_nll"] == pytest.approx(sum(entropy) / 2, rel=1e-12)
+
+
+def test_vote_metrics_refuse_mismatched_shapes_and_voteless_samples():
+    with pytest.raises(ValueError, match="differ"):
+        vote_metrics(np.ones((2, 3)) / 3, np.ones((2, 2)))
+    with pytest.raises(ValueError, match="at least one vote"):
+        vote_metrics(np.ones((1, 2)) / 2, np.zeros((1, 2)))
+
+
+def test_ece_hand_computed_with_15_bins():
+    # Confidences 0.9 (right), 0.9 (wrong), 0.6 (right), 0.35 (wrong).
+    probs = np.array([[0.9, 0.1, 0.0], [0.05, 0.9, 0.05], [0.6, 0.4, 0.0], [0.35, 0.3, 0.35]])
+    targets = [0, 0, 0, 1]
+    # Bins of width 1/15: 0.9 -> bin 13 (0.8667, 0.9333]; 0.6 -> bin 8 (0.5333, 0.6]; 0.35 -> bin 5.
+    # bin 13: acc 1/2, conf 0.9 -> 2/4 * 0.4; bin 8: 1/4 * |1 - 0.6|; bin 5: 1/4 * |0 - 0.35|.
+    expected = 0.5 * 0.4 + 0.25 * 0.4 + 0.25 * 0.35
+    assert expected_calibration_error(probs, targets) == pytest.approx(expected, rel=1e-12)
+    # Perfectly calibrated: confidence 1 and right.
+    assert expected_calibration_error(np.eye(3), [0, 1, 2]) == 0.0
+    # A confidence of exactly 0.6 = 9/15 closes bin 8, so it shares no bin with 0.61 (bin 9).
+    two = np.array([[0.6, 0.4], [0.61, 0.39]])
+    assert expected_calibration_error(two, [0, 1]) == pytest.approx(0.5 * 0.4 + 0.5 * 0.61, rel=1e-12)
