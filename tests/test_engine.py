@@ -20,6 +20,7 @@ from models import build_model
 from utils.optim import build_optimizer
 
 from tiny_models import small_swin
+from tolerances import DEFAULT_ULPS, assert_float32_close
 
 RAF_DB_COUNTS = [1290, 281, 717, 4772, 1982, 705, 2524]
 CPU = torch.device("cpu")
@@ -52,10 +53,11 @@ def loss_and_grads(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     return {k: v.detach() for k, v in terms.items()}, grads
 
 
-def assert_grads_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], rtol: float, atol: float) -> None:
+def assert_grads_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], ulps: int = DEFAULT_ULPS) -> None:
+    # Equal up to float32 summation order (tests/tolerances.py), on every CPU's kernels.
     assert a.keys() == b.keys() and len(a) > 0
     for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+        assert_float32_close(a[name], b[name], ulps=ulps, what=name)
 
 
 def cosine(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -74,8 +76,8 @@ def test_one_pass_equals_two_passes_for_layernorm_backbone():
     two, grads_two = loss_and_grads(model, images, labels, engine.StepOptions(), "two-pass")
     assert float(one["rac"]) > 0  # the mirror branch is exercised, not trivially zero
     for key in ("loss", "rsl", "rac"):
-        torch.testing.assert_close(one[key], two[key], rtol=1e-5, atol=1e-7)
-    assert_grads_close(grads_one, grads_two, rtol=1e-4, atol=1e-6)
+        assert_float32_close(one[key], two[key], what=key)
+    assert_grads_close(grads_one, grads_two)
 
 
 def test_two_passes_are_exact_for_batchnorm_in_train_mode_and_one_pass_equals_them_in_eval_mode():
@@ -100,8 +102,8 @@ def test_two_passes_are_exact_for_batchnorm_in_train_mode_and_one_pass_equals_th
     one, grads_one = loss_and_grads(model, images, labels, engine.StepOptions(), "one-pass")
     two, grads_two = loss_and_grads(model, images, labels, engine.StepOptions(), "two-pass")
     for key in ("loss", "rsl", "rac"):
-        torch.testing.assert_close(one[key], two[key], rtol=1e-5, atol=1e-7)
-    assert_grads_close(grads_one, grads_two, rtol=1e-4, atol=1e-6)
+        assert_float32_close(one[key], two[key], what=key)
+    assert_grads_close(grads_one, grads_two)
 
 
 def test_bf16_autocast_step_on_cpu_matches_fp32_loss():
@@ -142,10 +144,13 @@ def test_channels_last_gives_the_contiguous_loss_and_gradients():
     plain, grads_plain = loss_and_grads(model, images, labels, engine.StepOptions())
     cl, grads_cl = loss_and_grads(cl_model, images.contiguous(memory_format=torch.channels_last), labels,
                                   engine.StepOptions(channels_last=True))
+    # Channels-last runs other convolution kernels (another summation order), and train-mode
+    # BatchNorm divides by each batch's standard deviation, which amplifies those differences
+    # through 20 layers: 8x the default float32 tolerance (tests/tolerances.py).
     for key in ("loss", "rsl", "rac"):
-        torch.testing.assert_close(cl[key], plain[key], rtol=1e-4, atol=1e-6)
+        assert_float32_close(cl[key], plain[key], ulps=8 * DEFAULT_ULPS, what=key)
     # Gradient tensors may come back in either layout; compare values.
-    assert_grads_close({k: v.contiguous() for k, v in grads_cl.items()}, grads_plain, rtol=1e-3, atol=1e-5)
+    assert_grads_close({k: v.contiguous() for k, v in grads_cl.items()}, grads_plain, ulps=8 * DEFAULT_ULPS)
 
 
 class NaNTermAt(nn.Module):
