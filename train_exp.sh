@@ -15,6 +15,7 @@
 #   dan       DAN (Distract your Attention), ResNet-18 at 224 on RAF-DB, the official recipe
 #   dan-affectnet  DAN on AffectNet (8 classes; AFFECTNET_ROOT, default dataset/affectnet)
 #   hybrid    ResNet-18 with CBAM blocks + RUL's uncertainty mixing + class-weighted cross-entropy
+#   ce-dlib, mek-dlib  cross-entropy / MEK on dlib's face-recognition ResNet (pip face-recognition-models), 150 px
 #   face2exp  Face2Exp (CVPR 2022): teacher/student meta pseudo-labels on unlabelled faces (UNLABELED_ROOT), the
 #             official command's settings; face2exp-demo: the whole loop on generated faces, minutes on a CPU
 # Environment: DATA_ROOT (default dataset/raf-basic), DEMO_ROOT (demo recipe; default dataset/demo),
@@ -78,6 +79,14 @@ DAN_AFFECTNET="--method dan --backbone resnet18 --img-size 224 --norm imagenet -
   --re-max-area 0.33 --remode const --opt adam --lr 1e-4 --weight-decay 0 --sched exponential --decay-rate 0.6 \
   --batch-size 256 --epochs 40 --balanced-sampler"
 AFFECTNET_ROOT="${AFFECTNET_ROOT:-dataset/affectnet}"
+# dlib's face-recognition ResNet (models/dlib_resnet.py, docs/face_backbone.md): EAC's training settings, as for the
+# face-pretrained ResNet-18 (mek-r18, ce-r18), so the backbones compare on equal terms, with the lr of the
+# ResNet-18 (2e-4; dlib_resnet up to level1 has 4.4M parameters, ResNet-18 11.2M); 150 px, the chip size dlib's
+# network was trained on (input_rgb_image_sized<150>), and dlib's input normalisation (RGB, (p - mean) / 256).
+# The weights come from the pip package face-recognition-models (--pretrained dlib; refused in one line
+# without it). --norm dlib once train.py offers it (models.dlib_resnet.DLIB_NORM), else --norm half, the
+# nearest of the older choices (mean 0.5 / std 0.5 against dlib's ~0.46 / 1.0), with a note.
+DLIB="--backbone dlib_resnet --lr 2e-4 $EAC_TRAINING --img-size 150 --pretrained dlib"
 # Face2Exp (official src/main.py defaults + the README's AffectNet command: --randaug 2 16 --batch-size 8
 # --teacher_lr 1e-3 --student_lr 1e-3 --total-steps 180000 --eval-step 100 --seed 5 --resize 224, on 2 GPUs):
 # ResNet-50, SGD with plain momentum 0.9 and no weight decay for both networks, cosine to 0 without warmup,
@@ -131,6 +140,12 @@ case "$RECIPE" in
   dan-affectnet) need_affectnet; FLAGS="--dataset affectnet --data-root $AFFECTNET_ROOT $DAN_AFFECTNET"
            PRETRAINED=pretrained/resnet18_msceleb.pth ;;
   hybrid)  need_raf_db; FLAGS="--dataset raf-db --data-root $DATA_ROOT $HYBRID"; PRETRAINED=pretrained/resnet18_msceleb.pth ;;
+  ce-dlib|mek-dlib) need_raf_db
+           if "$PYTHON" -c 'import sys; sys.path.insert(0, "."); from train import NORMALISATIONS; sys.exit("dlib" not in NORMALISATIONS)' 2>/dev/null
+           then DLIB="$DLIB --norm dlib"
+           else DLIB="$DLIB --norm half"; echo "note: train.py has no --norm dlib yet; using --norm half" >&2; fi
+           case "$RECIPE" in ce-*) FLAGS="--dataset raf-db --data-root $DATA_ROOT $DLIB $CE" ;;
+                             *) FLAGS="--dataset raf-db --data-root $DATA_ROOT $DLIB $MEK" ;; esac ;;
   face2exp) need_raf_db
            if [ ! -e "${UNLABELED_ROOT:-}" ]; then
              echo "error: face2exp needs UNLABELED_ROOT=/path/to/faces (a folder of face images or a list file)" >&2; exit 2
@@ -144,7 +159,7 @@ case "$RECIPE" in
              --backbone resnet18 --img-size 48 --opt adamw --lr 2e-3 --weight-decay 0.05 --sched cosine \
              --warmup-steps 20 --batch-size 32 --epochs 3 --mu 1 --randaug 2 16 --finetune-epochs 4 \
              --finetune-lr 1e-2 --finetune-momentum 0.9 --reprob 0 --workers 0 --cache-images --overwrite" ;;
-  *) echo "error: unknown recipe '$RECIPE' (swin, swin-ce, mek-r18, ce-r18, eac-r18, eac-r50, focal-r18, ldam-r18, balanced-softmax-r18, logit-adjust-r18, coupling-r18, demo, rul, dan, dan-affectnet, hybrid, face2exp, face2exp-demo)" >&2; exit 2 ;;
+  *) echo "error: unknown recipe '$RECIPE' (swin, swin-ce, mek-r18, ce-r18, eac-r18, eac-r50, focal-r18, ldam-r18, balanced-softmax-r18, logit-adjust-r18, coupling-r18, demo, rul, dan, dan-affectnet, hybrid, ce-dlib, mek-dlib, face2exp, face2exp-demo)" >&2; exit 2 ;;
 esac
 if [ -n "$PRETRAINED" ]; then
   if [ -f "$PRETRAINED" ]; then

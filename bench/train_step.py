@@ -1,6 +1,7 @@
 """Time the MEK training step, naive against optimised, on one model, batch and machine.
 
     python bench/train_step.py --backbone resnet18 --img-size 112 [--batch-size 32] [--steps 10 --warmup 3]
+    python bench/train_step.py --backbone dlib_resnet --img-size 150   # dlib's face ResNet (docs/face_backbone.md)
     sh bench/run_cpu.sh --backbone swin_t --img-size 112          # the same with tcmalloc preloaded
 
 A training step is what ``engine.train_one_epoch`` does per batch: the images and their
@@ -233,9 +234,15 @@ def make_mek(flip_forward: str, device: torch.device):
 
 
 def recipe_augment(backbone: str, img_size: int):
-    """The train transform of train_exp.sh's recipe for this backbone (swin or r18)."""
+    """The train transform of train_exp.sh's recipe for this backbone (swin, r18, or dlib_resnet: r18's with
+    dlib's input normalisation, models.dlib_resnet.DLIB_NORM)."""
     from data.transforms import AugmentConfig
 
+    if backbone.startswith("dlib_resnet"):
+        from models.dlib_resnet import DLIB_NORM
+
+        return AugmentConfig(img_size=img_size, mean=DLIB_NORM[0], std=DLIB_NORM[1], reprob=0.5, re_max_area=0.25,
+                             remode="const")
     if is_transformer(backbone):
         return AugmentConfig(img_size=img_size, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bicubic",
                              auto_augment="rand-m9-mstd0.5-inc1", color_jitter=0.4, reprob=0.25, remode="pixel",

@@ -633,6 +633,60 @@ if __name__ != "__main__":  # python -m models.dlib_resnet: the package import r
 # ----------------------------------------------------------------------------- command line
 
 
+def conv_macs(model: DlibResNet, img_size: int) -> int:
+    """Multiply-accumulates of the convolutions (and fc) for one ``img_size`` image, from the real shapes."""
+    total = 0
+
+    def count(module: nn.Module, inputs, output) -> None:
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1]
+            total += output.numel() // output.shape[0] * module.in_channels * k
+        elif isinstance(module, nn.Linear):
+            total += module.in_features * module.out_features
+
+    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            x = torch.zeros(1, 3, img_size, img_size)
+            model.descriptor(x) if model.fc is not None else model.forward_features(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+def stage_table(img_sizes=(112, 150), batch: int = 32, reps: int = 10) -> list[dict]:
+    """Per feature stage and input size: map size, parameters, MACs and CPU time per image (fp32, inference).
+
+    ms/img is the fastest of ``reps`` timed forward passes of a ``batch`` (after one warm-up), divided
+    by ``batch``, with the current ``torch.get_num_threads()`` (the fastest: on a shared CPU the others
+    measure the neighbours' load).
+    """
+    import time
+
+    rows = []
+    for stage in STAGE_NAMES:
+        for size in img_sizes:
+            channels, side = stage_shapes(size)[stage]
+            if side == 0:
+                continue
+            model = DlibResNet(stage).eval()
+            x = torch.randn(batch, 3, size, size)
+            times = []
+            with torch.inference_mode():
+                model.forward_features(x)
+                for _ in range(reps):
+                    t = time.perf_counter()
+                    model.forward_features(x)
+                    times.append(time.perf_counter() - t)
+            rows.append({"stage": stage, "img": size, "map": f"{channels}x{side}x{side}",
+                         "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
+                         "GMACs": round(conv_macs(model, size) / 1e9, 3),
+                         "ms_per_img": round(1000 * min(times) / batch, 2)})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
     import json
@@ -644,9 +698,19 @@ def main(argv: list[str] | None = None) -> int:
         "python -m models.dlib_resnet",
         description="Print one JSON line per image: its 128-D dlib face descriptor (each image resized to 150x150 RGB).",
     )
-    p.add_argument("images", nargs="+")
+    p.add_argument("images", nargs="*")
     p.add_argument("--weights", default=None, help=f"the .dat (default: {DLIB_MODEL_FILE} from {DLIB_PACKAGE})")
+    p.add_argument("--stages", action="store_true",
+                   help="instead: print the per-stage table (map size, parameters, GMACs, CPU ms per image at 112 "
+                        "and 150 px, batch 32, fp32) as JSON lines")
     args = p.parse_args(argv)
+    if args.stages:
+        print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads()}))
+        for row in stage_table():
+            print(json.dumps(row), flush=True)
+        return 0
+    if not args.images:
+        p.error("give one or more images (or --stages)")
     try:
         model = build_dlib_descriptor_model(args.weights)
     except DlibFileError as err:
