@@ -43,8 +43,11 @@ from __future__ import annotations
 
 import csv
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
+
+import numpy as np
 
 from .base import Sample
 from .classes import CANONICAL_CLASSES
@@ -62,6 +65,26 @@ TO_CANONICAL: tuple[int, ...] = tuple(CANONICAL_CLASSES.index(name) for name in 
 # Usage value and image folder of each split of the Microsoft release.
 USAGE_DIRS = {"Training": "FER2013Train", "PublicTest": "FER2013Valid", "PrivateTest": "FER2013Test"}
 SPLIT_USAGE = {"train": "Training", "test": "PublicTest", "public": "PublicTest", "private": "PrivateTest"}
+
+
+@dataclass(frozen=True)
+class VotedSample(Sample):
+    """A FERPlus sample with its annotators' 10 vote counts (``VOTE_COLUMNS`` order)."""
+
+    votes: tuple[float, ...] = ()
+
+
+def class_vote_counts(samples: Sequence[Sample], num_classes: int) -> np.ndarray | None:
+    """(N, num_classes) vote counts over the dataset's classes (canonical order; contempt dropped
+    at 7 classes; unknown/NF never), or None when a sample carries no votes."""
+    if not samples or not all(isinstance(s, VotedSample) and s.votes for s in samples):
+        return None
+    counts = np.zeros((len(samples), num_classes), dtype=np.float64)
+    for row, sample in enumerate(samples):
+        for emotion, canonical in enumerate(TO_CANONICAL):
+            if canonical < num_classes:
+                counts[row, canonical] = sample.votes[emotion]
+    return counts
 
 
 def majority_vote(votes: Sequence[float]) -> int | None:
@@ -171,7 +194,7 @@ def _labelled(entries, num_classes: int, image_dir: Path) -> list[Sample]:
         label = TO_CANONICAL[winner]
         if label >= num_classes:  # contempt in the 7-class protocol
             continue
-        samples.append(Sample(image_dir / name, label))
+        samples.append(VotedSample(image_dir / name, label, tuple(votes)))
     return samples
 
 

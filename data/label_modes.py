@@ -30,6 +30,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .base import ImageListDataset
+from .errors import DatasetError
+
 LABEL_MODES: tuple[str, ...] = ("majority", "draw", "soft", "multi-target")
 # Modes whose targets are distributions (a (K,) float tensor per sample) instead of class indices.
 SOFT_MODES: tuple[str, ...] = ("soft", "multi-target")
@@ -98,3 +101,57 @@ def training_target(mode: str, label: int, distribution: Sequence[float] | None,
     if mode == "soft":
         return q
     return (1.0 - MULTI_TARGET_EPSILON) * (q > 0).float() + MULTI_TARGET_EPSILON
+
+
+class VoteTargetDataset(ImageListDataset):
+    """A training set whose items carry the target of a label mode instead of the majority label.
+
+    Only the training set is wrapped: ``subset`` (a validation split) and the test set stay
+    plain ``ImageListDataset``s with majority labels.
+    """
+
+    def __init__(self, dataset: ImageListDataset, mode: str, distributions: Sequence[Sequence[float]]) -> None:
+        super().__init__(dataset.samples, dataset.classes, dataset.transform, skip_bad_images=dataset.skip_bad_images,
+                         source=dataset.source, bad_image_log=dataset.bad_image_log)
+        self._cache = dataset._cache
+        self.mode = mode
+        self.distributions = [tuple(float(v) for v in d) for d in distributions]
+
+    def __getitem__(self, key: int | tuple[int, int]):
+        image, _, used = super().__getitem__(key)
+        seed = key[1] if isinstance(key, tuple) else None
+        return image, training_target(self.mode, self.samples[used].label, self.distributions[used], seed), used
+
+
+def apply_label_mode(dataset: ImageListDataset, mode: str) -> ImageListDataset:
+    """``dataset`` with the targets of ``mode`` (``--ferplus-labels``); majority returns it as it is.
+
+    Needs FERPlus vote counts on every sample (``data/ferplus.VotedSample``); a sample the
+    official pre-processing would discard trains on its one-hot majority label.
+    """
+    if mode == "majority":
+        return dataset
+    if mode not in LABEL_MODES:
+        raise DatasetError(f"--ferplus-labels {mode!r} is unknown (known: {', '.join(LABEL_MODES)})")
+    from .ferplus import TO_CANONICAL, VotedSample  # FERPlus's vote layout is the only one with votes
+
+    missing = next((s for s in dataset.samples if not (isinstance(s, VotedSample) and s.votes)), None)
+    if missing is not None:
+        raise DatasetError(f"--ferplus-labels {mode} needs the annotators' votes (FERPlus's fer2013new.csv or "
+                           f"label.csv layouts); {dataset.source or 'the training set'} has none for {missing.path}")
+    num_classes = len(dataset.classes)
+    distributions = []
+    for sample in dataset.samples:
+        official = official_distribution(sample.votes, mode)
+        q = [0.0] * num_classes
+        if official is not None:
+            for emotion, canonical in enumerate(TO_CANONICAL):
+                if canonical < num_classes:  # contempt dropped at 7 classes
+                    q[canonical] = official[emotion]
+        total = sum(q)
+        if total > 0:
+            q = [v / total for v in q]
+        else:  # discarded by the official rules (or all its mass on contempt): its majority label
+            q[sample.label] = 1.0
+        distributions.append(q)
+    return VoteTargetDataset(dataset, mode, distributions)

@@ -82,3 +82,65 @@ def test_multi_target_loss_takes_the_best_accepted_emotion():
     # Emotion 1 accepted as well: it is predicted best, so the loss is -log(3/5).
     t = (1 - eps) * torch.ones(1, 3) + eps
     assert multi_target_loss(logits, t).item() == pytest.approx(-math.log(3 / 5), rel=1e-6)
+
+
+# ---- on a FERPlus fixture (tests/test_datasets_extra.py's) ------------------------------------
+from data import DatasetError, build_dataset  # noqa: E402
+from data.ferplus import class_vote_counts  # noqa: E402
+from data.label_modes import apply_label_mode  # noqa: E402
+
+from test_datasets_extra import make_ferplus  # noqa: E402
+
+# Canonical order: surprise, fear, disgust, happiness, sadness, anger, neutral, contempt.
+NEUTRAL, ANGER, DISGUST, CONTEMPT = 6, 5, 2, 7
+
+
+def test_soft_and_multi_target_items_on_ferplus(tmp_path):
+    root = make_ferplus(tmp_path / "ferplus")
+    train_set = build_dataset("ferplus", root, "train")
+    assert train_set.samples[0].path.name == "fer0000000.png"  # votes neutral 4, sadness 1, anger 3, disgust 2
+    soft = apply_label_mode(train_set, "soft")
+    # Sadness's single vote is an outlier: 9 votes remain; neutral (4) then anger (3) reach 7 >= 75% of 9.
+    expected = torch.zeros(8)
+    expected[NEUTRAL], expected[ANGER] = 4 / 7, 3 / 7
+    image, target, index = soft[(0, 1234)]
+    assert index == 0 and torch.allclose(target, expected)
+    # Contempt 6, unknown 4: unknown is dropped, contempt alone.
+    contempt_row = [s.path.name for s in train_set.samples].index("fer0000003.png")
+    assert torch.allclose(soft[(contempt_row, 0)][1], F.one_hot(torch.tensor(CONTEMPT), 8).float())
+    # Multi-target: 30% of 9 = 2.7 votes: neutral and anger are accepted, disgust (2) is not.
+    multi = apply_label_mode(train_set, "multi-target")
+    t = torch.full((8,), MULTI_TARGET_EPSILON)
+    t[NEUTRAL] = t[ANGER] = 1.0
+    assert torch.allclose(multi[(0, 0)][1], t)
+    # A validation subset keeps majority labels.
+    assert soft.subset([0])[0][1] == NEUTRAL
+
+
+def test_drawn_labels_on_ferplus_come_from_the_votes_and_the_sample_seed(tmp_path):
+    root = make_ferplus(tmp_path / "ferplus")
+    draw = apply_label_mode(build_dataset("ferplus", root, "train"), "draw")
+    labels = [draw[(0, seed)][1] for seed in range(300)]
+    assert set(labels) == {NEUTRAL, ANGER}
+    assert labels == [draw[(0, seed)][1] for seed in range(300)]
+    assert draw[0][1] == NEUTRAL  # no sampler seed: the majority label
+
+
+def test_label_modes_need_votes_and_know_their_names(tmp_path, demo_root):
+    with pytest.raises(DatasetError, match="--ferplus-labels soft needs the annotators' votes"):
+        apply_label_mode(build_dataset("demo", demo_root, "train"), "soft")
+    root = make_ferplus(tmp_path / "ferplus")
+    with pytest.raises(DatasetError, match="--ferplus-labels 'hard' is unknown"):
+        apply_label_mode(build_dataset("ferplus", root, "train"), "hard")
+    assert apply_label_mode(build_dataset("demo", demo_root, "train"), "majority") is not None
+
+
+def test_seven_classes_drop_contempt_from_the_distribution(tmp_path):
+    root = make_ferplus(tmp_path / "ferplus")
+    test_votes = class_vote_counts(build_dataset("ferplus", root, "test").samples, 8)
+    # fer0028638: happiness 9 (unknown 1 is not a class); fer0028639: neutral 1, sadness 1, disgust 2, contempt 6.
+    assert test_votes.tolist() == [[0, 0, 0, 9, 0, 0, 0, 0], [0, 0, 2, 0, 1, 0, 1, 6]]
+    train7 = build_dataset("ferplus", root, "train", num_classes=7)
+    assert class_vote_counts(train7.samples, 7).shape == (len(train7), 7)
+    soft7 = apply_label_mode(train7, "soft")
+    assert all(len(d) == 7 and abs(sum(d) - 1) < 1e-9 for d in soft7.distributions)
