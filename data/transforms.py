@@ -22,6 +22,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 NORMALISATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
     "half": ((0.5,) * 3, (0.5,) * 3),
+    # dlib's face-recognition ResNet (--backbone dlib_resnet): dlib/dnn/input.h's input_rgb_image_sized
+    # computes (p - (122.782, 117.001, 104.298)) / 256 on 0..255 RGB pixels, i.e. on 0..1 pixels a mean
+    # of those / 255 and a std of 256 / 255 (models/dlib_resnet.py: DLIB_NORM, checked equal in its tests).
+    "dlib": (tuple(m / 255.0 for m in (122.782, 117.001, 104.298)), (256.0 / 255.0,) * 3),
 }
 
 

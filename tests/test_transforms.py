@@ -20,3 +20,14 @@ def test_gaussian_pixel_noise_has_the_official_variance_and_probability():
 def test_noise_comes_first_in_the_train_transform_only_when_asked():
     assert isinstance(build_train_transform(AugmentConfig(img_size=32, noise_prob=0.5)).transforms[0], GaussianPixelNoise)
     assert not any(isinstance(t, GaussianPixelNoise) for t in build_train_transform(AugmentConfig(img_size=32)).transforms)
+
+
+def test_dlib_normalisation_is_dlibs_input_layer():
+    # dlib/dnn/input.h: (p - avg) / 256 on 0..255 pixels; ToTensor gives p / 255.
+    from data.transforms import NORMALISATIONS
+    from models.dlib_resnet import DLIB_NORM
+
+    mean, std = NORMALISATIONS["dlib"]
+    assert (mean, std) == DLIB_NORM
+    for channel, avg in enumerate((122.782, 117.001, 104.298)):
+        assert (200 / 255 - mean[channel]) / std[channel] == pytest.approx((200 - avg) / 256, rel=1e-12)
