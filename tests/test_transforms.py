@@ -24,6 +24,8 @@ def test_noise_comes_first_in_the_train_transform_only_when_asked():
 
 def test_dlib_normalisation_is_dlibs_input_layer():
     # dlib/dnn/input.h: (p - avg) / 256 on 0..255 pixels; ToTensor gives p / 255.
+    import pytest
+
     from data.transforms import NORMALISATIONS
     from models.dlib_resnet import DLIB_NORM
 
