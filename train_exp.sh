@@ -81,7 +81,7 @@ DAN_AFFECTNET="--method dan --backbone resnet18 --img-size 224 --norm imagenet -
 AFFECTNET_ROOT="${AFFECTNET_ROOT:-dataset/affectnet}"
 # dlib's face-recognition ResNet (models/dlib_resnet.py, docs/face_backbone.md): EAC's training settings, as for the
 # face-pretrained ResNet-18 (mek-r18, ce-r18), so the backbones compare on equal terms, with the lr of the
-# ResNet-18 (2e-4; dlib_resnet up to level1 has 4.4M parameters, ResNet-18 11.2M); 150 px, the chip size dlib's
+# ResNet-18 (2e-4; dlib_resnet, up to level2, has 1.15M parameters, ResNet-18 11.2M); 150 px, the chip size dlib's
 # network was trained on (input_rgb_image_sized<150>), and dlib's input normalisation (RGB, (p - mean) / 256).
 # The weights come from the pip package face-recognition-models (--pretrained dlib; refused in one line
 # without it). --norm dlib once train.py offers it (models.dlib_resnet.DLIB_NORM), else --norm half, the

@@ -600,8 +600,12 @@ def build_dlib_descriptor_model(path: str | Path | None = None) -> DlibResNet:
 
 # ----------------------------------------------------------------------------- registry
 
-# The backbone variants: dlib_resnet ends at level1 (see docs/face_backbone.md for the reasoning).
-DEFAULT_STAGE = "level1"
+# The backbone variants. dlib_resnet ends at level2 (docs/face_backbone.md): on FERPlus its pooled features
+# are the most linearly separable by expression of all stages (a frozen linear probe: 63.4% vs 61.8% for
+# level1, 60.4% for level0, 50.9% for the identity descriptor), its map is 8x8 at 150 px (6x6 at 112),
+# the nearest to MEK's 7x7, its main path and shortcut agree in size at 150 and 112 px (no half-empty
+# zero-padded rows/columns, unlike level1 and level0), and it costs 0.224 of the whole net's 0.271 GMACs.
+DEFAULT_STAGE = "level2"
 VARIANTS = {"dlib_resnet": DEFAULT_STAGE, "dlib_resnet_l0": "level0", "dlib_resnet_l1": "level1",
             "dlib_resnet_l2": "level2", "dlib_resnet_l3": "level3"}
 

@@ -85,10 +85,10 @@ def test_too_small_input_is_refused_with_the_minimum() -> None:
     assert [dr.min_img_size(s) for s in dr.STAGE_NAMES] == [11, 11, 19, 31, 55, 103]
     assert dr.stage_shapes(55)["level1"][1] == 1 and dr.stage_shapes(54)["level1"][1] == 0
     with pytest.raises(ValueError, match="at least 55 px"):
-        create_backbone("dlib_resnet", img_size=48)
+        create_backbone("dlib_resnet_l1", img_size=48)
     with pytest.raises(ValueError, match="at least"):
         create_backbone("dlib_resnet_l0", img_size=64)
-    assert create_backbone("dlib_resnet_l2", img_size=48).num_features == 128
+    assert create_backbone("dlib_resnet", img_size=48).num_features == 128  # level2 needs 31 px
 
 
 def test_dlib_add_is_cpu_dlib_add_with_missing_elements_zero() -> None:
