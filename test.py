@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 import engine
 from data import DatasetError, ImageListDataset, Sample, build_dataset
+from data.split import fingerprint
 from data.transforms import NORMALISATIONS, AugmentConfig, build_eval_transform
 from methods import method_from_config
 from models import build_model_from_config
@@ -38,7 +39,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a .pth written by train.py (best.pth or last.pth)")
     p.add_argument("--dataset", default=None, help="default: the checkpoint's")
     p.add_argument("--data-root", default=None, help="default: the checkpoint's")
-    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--split", default="test", choices=["train", "val", "test"],
+                   help="val: the run's validation split (--val-fraction: the held-out training images, rebuilt "
+                        "from config.json; --val-split official: the dataset's own)")
     p.add_argument("--batch-size", type=int, default=None, help="default: the checkpoint's eval batch size")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -98,6 +101,44 @@ def shared_class_subset(data, model_classes: list[str], where: str):
     return subset, [model_classes.index(c) for c in shared], cross
 
 
+def load_split(args: argparse.Namespace, config: dict, dataset: str, data_root: str, transform, same_data: bool):
+    """The split to evaluate; ``val`` is the run's own validation split, exactly as training held it out."""
+    num_classes = config.get("num_classes") if same_data else None
+    record = config.get("val_record")
+    if args.split != "val" or (record or {}).get("mode") == "official":
+        if args.split == "val" and not same_data:
+            error_exit("--split val is the run's validation split; it needs the checkpoint's own dataset")
+        return build_dataset(dataset, data_root, args.split, transform, num_classes=num_classes)
+    if not record or not same_data:
+        error_exit(f"{args.checkpoint} was trained without a validation split (--val-fraction / --val-split); "
+                   "evaluate --split test")
+    train_set = build_dataset(dataset, data_root, "train", transform, label_file=config.get("label_file"),
+                              num_classes=num_classes)
+    held = record["indices"]
+    if max(held) >= len(train_set) or fingerprint([train_set.samples[i].path for i in held], data_root) != record["sha1"]:
+        error_exit(f"{data_root}'s training list differs from the one {args.checkpoint} was trained on; "
+                   "its validation images cannot be rebuilt")
+    return train_set.subset(held, transform, source=f"{train_set.source}:val")
+
+
+def selection_note(state: dict, path: Path) -> list[str]:
+    """What chose best.pth, and the test result at the last evaluation beside it (from last.pth)."""
+    best = state.get("best") or {}
+    if best.get("selected_on") != "val":
+        return ["note: best.pth was selected on this test split (as in the papers: RAF-DB has no validation split), "
+                "so it is optimistic; compare methods on last.pth"]
+    lines = [f"note: best.pth was chosen on validation mean class accuracy (step {best['step']}, "
+             f"{best['score'] * 100:.2f}); this is the test result at the validation-chosen step"]
+    last_path = path.with_name("last.pth")
+    last = load_checkpoint(last_path) if last_path.is_file() else {}
+    if last.get("metrics"):
+        m = last["metrics"]
+        lines.append(f"test at the last evaluation (last.pth, step {last['progress']['step']}): overall "
+                     f"{m['overall_acc'] * 100:.2f}  mean class accuracy {m['mean_acc'] * 100:.2f}  "
+                     f"macro-F1 {m['macro_f1'] * 100:.2f}")
+    return lines
+
+
 def main(args: argparse.Namespace) -> dict:
     state = load_checkpoint(args.checkpoint)
     model_config, config = state["model_config"], state.get("config", {})
@@ -132,8 +173,7 @@ def main(args: argparse.Namespace) -> dict:
                                                    interpolation=model_config.get("interpolation", "bilinear")))
     # Cross-dataset evaluation (another dataset or root): all of its classes, then the shared ones.
     same_data = dataset == config.get("dataset") and str(data_root) == str(config.get("data_root"))
-    data = build_dataset(dataset, data_root, args.split, transform,
-                         num_classes=config.get("num_classes") if same_data else None)
+    data = load_split(args, config, dataset, data_root, transform, same_data)
     model_classes = list(model_config["classes"])
     data, shared_logits, cross = shared_class_subset(data, model_classes, f"{dataset} at {data_root}")
     batch_size = args.batch_size or config.get("eval_batch_size") or 2 * config.get("batch_size", 32)
@@ -151,8 +191,8 @@ def main(args: argparse.Namespace) -> dict:
     print(f"overall accuracy {metrics['overall_acc'] * 100:.2f}  mean class accuracy {metrics['mean_acc'] * 100:.2f}  "
           f"macro-F1 {metrics['macro_f1'] * 100:.2f}")
     if Path(args.checkpoint).name == "best.pth" and same_data and args.split == "test":
-        print("note: best.pth was selected on this test split (as in the papers: RAF-DB has no validation split), "
-              "so it is optimistic; compare methods on last.pth")
+        for line in selection_note(state, Path(args.checkpoint)):
+            print(line)
     if cross is not None:
         print(f"cross-dataset: metrics over the {len(classes)} shared classes ({', '.join(classes)}); "
               "prediction = argmax over the shared classes' logits")

@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader
 import engine
 from data import DATASETS, DEFAULT_ROOTS, DatasetError, build_dataset
 from data.sampler import ResumableSampler, ShardSampler
+from data.split import split_record, stratified_holdout
 from data.transforms import NORMALISATIONS, AugmentConfig, build_eval_transform, build_train_transform
 from losses.class_prior import ClassPrior
 from methods import METHODS, TrainSchedule, add_method_args, build_method, check_foreign_flags, get_method_class
@@ -55,6 +56,7 @@ from utils.device import resolve_amp, resolve_device, slow_amp_warning
 from utils.distributed import DistInfo, barrier, cleanup_distributed, init_distributed
 from utils.logging import RunLogger, error_exit, worker_error_message
 from utils.optim import build_optimizer, build_scheduler, load_optimizer_state
+from utils.evaluation import BestTracker, eval_lines, eval_record, summary_lines
 from utils.plot import plot_curves
 from utils.stop import GracefulStop, StopRequested
 
@@ -75,6 +77,12 @@ def get_args_parser(method: str = "mek") -> argparse.ArgumentParser:
     g.add_argument("--skip-bad-images", action="store_true", help="log and skip unreadable images instead of stopping")
     g.add_argument("--balanced-sampler", action="store_true",
                    help="class-balanced labelled batches: every class equally likely (data/balanced_sampler.py)")
+    g.add_argument("--val-fraction", type=float, default=None,
+                   help="hold out this stratified, seeded fraction of the training images as a validation split: "
+                        "best.pth is chosen on it, the test split is only reported (data/split.py)")
+    g.add_argument("--val-split", choices=["official"], default=None,
+                   help="official: the dataset's own validation split (a folder's val/ beside test/, "
+                        "ferplus-private's FER2013Valid) chooses best.pth")
 
     g = p.add_argument_group("augmentation")
     g.add_argument("--norm", choices=sorted(NORMALISATIONS), default="imagenet", help="mean/std: ImageNet or 0.5")
@@ -171,6 +179,10 @@ def check_args(args: argparse.Namespace) -> None:
         error_exit(f"--noise-prob must be in [0, 1], got {args.noise_prob}")
     if args.noise_var < 0:
         error_exit(f"--noise-var must be >= 0, got {args.noise_var}")
+    if args.val_fraction is not None and not 0 < args.val_fraction < 1:
+        error_exit(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
+    if args.val_fraction is not None and args.val_split:
+        error_exit("--val-fraction and --val-split official are two validation splits; give one")
     if args.reset_final_norm and not args.pretrained:
         error_exit("--reset-final-norm re-initialises the final norm after --pretrained; give --pretrained too")
     get_method_class(args.method).check_args(args)
@@ -216,11 +228,15 @@ def build_data(args: argparse.Namespace, dist_info: DistInfo):
     test_set = build_dataset(args.dataset, root, "test", build_eval_transform(aug), **common)
     if test_set.classes != train_set.classes:
         error_exit(f"train and test classes differ: {train_set.classes} vs {test_set.classes}")
+    train_set, val_set, args.val_record = build_val_split(args, root, train_set, build_eval_transform(aug), common)
     if args.skip_bad_images and not args.dry_run:
         train_set.bad_image_log = test_set.bad_image_log = Path(args.output) / "bad_images.tsv"
+        if val_set is not None:
+            val_set.bad_image_log = train_set.bad_image_log
     if args.cache_images:
-        train_set.cache_images()
-        test_set.cache_images()
+        for dataset in (train_set, test_set, val_set):
+            if dataset is not None:
+                dataset.cache_images()
 
     if args.balanced_sampler:
         from data.balanced_sampler import BalancedSampler
@@ -236,15 +252,38 @@ def build_data(args: argparse.Namespace, dist_info: DistInfo):
                      persistent_workers=False, generator=torch.Generator().manual_seed(args.seed))
     # drop_last keeps every step's batch full (and BatchNorm away from batches of one).
     train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=train_sampler, drop_last=True, **loader_kw)
-    test_loader = DataLoader(test_set, batch_size=args.eval_batch_size or 2 * args.batch_size,
-                             sampler=ShardSampler(len(test_set), dist_info.rank, dist_info.world_size), **loader_kw)
-    return train_set, test_set, train_sampler, train_loader, test_loader
+    test_loader, val_loader = (
+        DataLoader(data, batch_size=args.eval_batch_size or 2 * args.batch_size,
+                   sampler=ShardSampler(len(data), dist_info.rank, dist_info.world_size), **loader_kw)
+        if data is not None else None for data in (test_set, val_set))
+    return train_set, test_set, train_sampler, train_loader, test_loader, val_set, val_loader
 
 
-def format_eval(metrics: dict, classes: list[str]) -> str:
-    per_class = " ".join(f"{c[:4]}={a * 100:.1f}" for c, a in zip(classes, metrics["per_class_acc"]))
-    return (f"overall {metrics['overall_acc'] * 100:.2f}  mean {metrics['mean_acc'] * 100:.2f}  "
-            f"macro-F1 {metrics['macro_f1'] * 100:.2f} | {per_class}")
+def val_origin(args: argparse.Namespace) -> str:
+    return "the dataset's own" if args.val_split else f"{args.val_fraction:g} of the training images held out"
+
+
+def build_val_split(args: argparse.Namespace, root: str, train_set, eval_transform, common: dict):
+    """(training set, validation set or None, its config.json record or None): ``--val-fraction``
+    holds out training images (never in a training batch), ``--val-split official`` reads the
+    dataset's own validation split."""
+    if args.val_split == "official":
+        val_set = build_dataset(args.dataset, root, "val", eval_transform, **common)
+        if val_set.classes != train_set.classes:
+            error_exit(f"train and validation classes differ: {train_set.classes} vs {val_set.classes}")
+        record = split_record("official", None, args.seed, None, [s.path for s in val_set.samples], root,
+                              val_set.source)
+        return train_set, val_set, record
+    if args.val_fraction is None:
+        return train_set, None, None
+    held = stratified_holdout(train_set.targets, args.val_fraction, args.seed)
+    if not held:
+        error_exit(f"--val-fraction {args.val_fraction} holds out no image of {len(train_set)}; give a larger fraction")
+    kept = sorted(set(range(len(train_set))) - set(held))
+    val_set = train_set.subset(held, eval_transform, source=f"{train_set.source}:val")
+    record = split_record("fraction", args.val_fraction, args.seed, held, [s.path for s in val_set.samples], root,
+                          train_set.source)
+    return train_set.subset(kept), val_set, record
 
 
 def build_network(args: argparse.Namespace, backbone: str, head: str, num_classes: int, device: torch.device,
@@ -301,7 +340,7 @@ def main(args: argparse.Namespace) -> None:
         barrier()  # the output directory exists before any rank writes to it
     torch.manual_seed(args.seed + dist_info.rank)
 
-    train_set, test_set, train_sampler, train_loader, test_loader = build_data(args, dist_info)
+    train_set, test_set, train_sampler, train_loader, test_loader, val_set, val_loader = build_data(args, dist_info)
     classes = train_set.classes
     counts = train_set.class_counts()
     empty = [c for c, n in zip(classes, counts) if n == 0]
@@ -367,7 +406,9 @@ def main(args: argparse.Namespace) -> None:
                                  skip_nonfinite=args.skip_nonfinite)
 
     summary = [
-        f"dataset {args.dataset} at {args.data_root}: {len(train_set)} train / {len(test_set)} test images",
+        f"dataset {args.dataset} at {args.data_root}: {len(train_set)} train / {len(test_set)} test images"
+        + (f" / {len(val_set)} validation images ({val_origin(args)}); best.pth is chosen on validation"
+           if val_set is not None else "; best.pth is chosen on the test split (no validation split)"),
         "train counts: " + ", ".join(f"{c}={n}" for c, n in zip(classes, counts)),
         "test counts:  " + ", ".join(f"{c}={n}" for c, n in zip(classes, test_set.class_counts())),
         *prior.describe(),
@@ -403,7 +444,7 @@ def main(args: argparse.Namespace) -> None:
 
     logger = RunLogger(args.output, enabled=dist_info.is_main, resume=bool(args.resume))
     progress = engine.TrainProgress()
-    best_mean = -1.0
+    best = BestTracker("val" if val_set is not None else "test")
     if args.resume:
         state = load_checkpoint(args.resume)
         _check_resumable(state, model_without_ddp, args)
@@ -412,7 +453,7 @@ def main(args: argparse.Namespace) -> None:
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         progress = engine.TrainProgress(**state["progress"])
-        best_mean = state.get("best_mean_acc", -1.0)
+        best.load_state_dict(state.get("best"), legacy_score=state.get("best_mean_acc", -1.0))
         for name, network in method.networks().items():
             saved_network = state.get("networks", {}).get(name)
             if saved_network is None:
@@ -450,8 +491,8 @@ def main(args: argparse.Namespace) -> None:
             "backbone": args.backbone, "method": {"name": args.method, "settings": method.settings()},
             "code_version": config["code_version"], "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None,
-            "progress": progress.state_dict(), "rng": capture_rng_state(), "best_mean_acc": best_mean,
-            "metrics": metrics,
+            "progress": progress.state_dict(), "rng": capture_rng_state(), "best_mean_acc": best.score,
+            "best": best.state_dict(), "metrics": metrics,
         }
 
     def save(name: str, progress: engine.TrainProgress, metrics: dict | None = None) -> None:
@@ -460,36 +501,28 @@ def main(args: argparse.Namespace) -> None:
             save_checkpoint(state, Path(args.output) / name)
 
     last_metrics: dict | None = None
-    best_metrics: dict | None = None
 
     def run_eval(progress: engine.TrainProgress) -> dict:
-        nonlocal best_mean
+        nonlocal last_metrics
+        show = not args.no_progress and dist_info.is_main
+        val_metrics = None if val_loader is None else engine.evaluate(
+            model, val_loader, device, len(classes), args.amp, args.channels_last, show_progress=show,
+            eval_logits=method.eval_logits)
         metrics = engine.evaluate(model, test_loader, device, len(classes), args.amp, args.channels_last,
-                                  show_progress=not args.no_progress and dist_info.is_main,
-                                  eval_logits=method.eval_logits)
+                                  show_progress=show, eval_logits=method.eval_logits)
         averages = progress.averages()
         network_metrics = {name: engine.evaluate(network, test_loader, device, len(classes), args.amp,
                                                  args.channels_last, show_progress=False)
                            for name, network in method.networks().items()}
-        record = {"epoch": progress.epoch, "step": progress.step, "loss": averages.get("loss", float("nan")),
-                  **{f"loss_{k}": v for k, v in averages.items() if k != "loss"},
-                  "lr": method.current_lr(optimizer), "skipped_nonfinite": progress.skipped_nonfinite,
-                  **{k: metrics[k] for k in ("overall_acc", "mean_acc", "per_class_acc", "macro_f1")},
-                  **{f"{name}_{k}": m[k] for name, m in network_metrics.items()
-                     for k in ("overall_acc", "mean_acc", "per_class_acc", "macro_f1")},
-                  "classes": classes, "time": round(time.time() - start_time, 1)}
-        logger.write_metrics(record)
+        is_best = best.update(progress.step, metrics, val_metrics)
+        logger.write_metrics(eval_record(progress, averages, method.current_lr(optimizer), metrics, val_metrics,
+                                         network_metrics, classes, best, time.time() - start_time))
         if dist_info.is_main:
             plot_curves(args.output)  # OUTPUT/curves.png: loss terms and accuracies so far
-        terms = " ".join(f"{k} {v:.4f}" for k, v in averages.items())
-        logger.info(f"epoch {progress.epoch} step {progress.step} | {terms} | {format_eval(metrics, classes)}")
-        for name, m in network_metrics.items():
-            logger.info(f"  {name}: {format_eval(m, classes)}")
-        nonlocal last_metrics, best_metrics
+        for line in eval_lines(progress, averages, metrics, val_metrics, network_metrics, classes):
+            logger.info(line)
         last_metrics = metrics
-        if metrics["mean_acc"] > best_mean:
-            best_mean = metrics["mean_acc"]
-            best_metrics = {**metrics, "step": progress.step}
+        if is_best:
             save("best.pth", progress, metrics)
         return metrics
 
@@ -546,12 +579,8 @@ def main(args: argparse.Namespace) -> None:
     if progress.skipped_nonfinite:
         logger.info(f"skipped {progress.skipped_nonfinite} batches with a non-finite loss")
     logger.info(f"done in {time.time() - start_time:.0f}s; checkpoints in {args.output}")
-    if last_metrics is not None and best_metrics is not None:
-        # best.pth is chosen on the test split (RAF-DB has no validation split; the papers do the
-        # same), so it is optimistic; comparisons use the last evaluation.
-        logger.info(f"last evaluation (step {progress.step}): {format_eval(last_metrics, classes)}")
-        logger.info(f"best evaluation, selected on the test split (step {best_metrics['step']}): "
-                    f"{format_eval(best_metrics, classes)}")
+    for line in summary_lines(progress.step, last_metrics, best, classes):
+        logger.info(line)
     logger.close()
     barrier()
     cleanup_distributed()
@@ -570,16 +599,27 @@ def _gather_rng(dist_info: DistInfo):
     return [torch.load(io.BytesIO(blob), weights_only=True) for blob in gathered]
 
 
+def saved_split(state: dict) -> dict | None:
+    """The validation split a checkpoint's run held out (its config.json record), None without one."""
+    return state.get("config", {}).get("val_record")
+
+
 def _check_resumable(state: dict, model: torch.nn.Module, args: argparse.Namespace) -> None:
     if "progress" not in state or "optimizer" not in state:
         raise CheckpointError(f"{args.resume} has no training state (optimizer/progress); it cannot be resumed")
     check_model_fits(state["model"], model, args.resume, state.get("model_config"))
     saved = state.get("config", {})
-    for key in ("method", "batch_size", "world_size", "dataset", "seed"):
+    for key in ("method", "batch_size", "world_size", "dataset", "seed", "val_fraction", "val_split"):
+        if key.startswith("val_") and saved and saved.get(key) != getattr(args, key):
+            raise CheckpointError(f"{args.resume} was trained with --{key.replace('_', '-')} {saved.get(key)}, this "
+                                  f"run has {getattr(args, key)}; the validation split must stay the same")
         if saved.get(key, "mek" if key == "method" else None) not in (None, getattr(args, key)):
             raise CheckpointError(
                 f"{args.resume} was trained with --{key.replace('_', '-')} {saved[key]}, this run has {getattr(args, key)}; "
                 "an exact resume needs the same value")
+    if saved_split(state) != getattr(args, "val_record", None):
+        raise CheckpointError(f"{args.resume} held out other validation images than this run would (the training "
+                              "list changed); an exact resume needs the same split")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

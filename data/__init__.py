@@ -15,7 +15,7 @@ from .base import ImageListDataset, Sample, load_rgb
 from .classes import CANONICAL_CLASSES
 from .errors import BadImageError, DatasetError
 from .ferplus import ferplus_private_samples, ferplus_samples
-from .folder import folder_samples
+from .folder import EVAL_SPLIT_NAMES, folder_samples
 from .raf_db import raf_db_samples
 from utils.registry import Registry
 
@@ -33,12 +33,31 @@ def _demo_samples(root: Path, split: str, label_file: Path | None = None, num_cl
     return raf_db_samples(root, split, label_file, num_classes)
 
 
+def _folder_samples(root: Path, split: str, label_file: Path | None = None, num_classes: int | None = None):
+    if split != "val":
+        return folder_samples(root, split, label_file, num_classes)
+    # The official validation split: val/ (valid/, validation/) when a test/ beside it is the test split.
+    names = [n for n in EVAL_SPLIT_NAMES if n != "test" and (root / n).is_dir()]
+    if not names or not (root / "test").is_dir():
+        raise DatasetError(f"--val-split official needs {root}/val/ beside {root}/test/ (val/ alone is the test "
+                           "split); use --val-fraction F to hold out training images instead")
+    return folder_samples(root, names[0], label_file, num_classes)
+
+
+def _ferplus_private_samples(root: Path, split: str, label_file: Path | None = None, num_classes: int | None = None):
+    # --val-split official: PublicTest (FER2013Valid) validates while PrivateTest (FER2013Test) tests.
+    return ferplus_private_samples(root, "public" if split == "val" else split, label_file, num_classes)
+
+
+_folder_samples.official_val = True  # type: ignore[attr-defined]
+_ferplus_private_samples.official_val = True  # type: ignore[attr-defined]
+
 DATASETS: Registry[SampleListFactory] = Registry("dataset", error=DatasetError)
 DATASETS.add("raf-db", raf_db_samples)
-DATASETS.add("folder", folder_samples)
+DATASETS.add("folder", _folder_samples)
 DATASETS.add("demo", _demo_samples)
 DATASETS.add("ferplus", ferplus_samples)  # test = PublicTest (FER2013Valid)
-DATASETS.add("ferplus-private", ferplus_private_samples)  # test = PrivateTest (FER2013Test)
+DATASETS.add("ferplus-private", _ferplus_private_samples)  # test = PrivateTest (FER2013Test)
 DATASETS.add("affectnet", affectnet_samples)  # test = the validation set
 
 DEFAULT_ROOTS = {
@@ -67,6 +86,9 @@ def build_dataset(
 ) -> ImageListDataset:
     """Build split ``split`` ('train', 'test', or 'val' where the dataset has one) of ``name`` at ``root``."""
     factory = DATASETS.lookup(name)
+    if split == "val" and not getattr(factory, "official_val", False):
+        raise DatasetError(f"--val-split official: --dataset {name} has no validation split of its own "
+                           "(its test split is the one it has); use --val-fraction F to hold out training images")
     root = Path(root)
     samples, classes = factory(root, split, Path(label_file) if label_file else None, num_classes)
     missing = [s.path for s in samples if not s.path.is_file()]

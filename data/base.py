@@ -80,6 +80,14 @@ class ImageListDataset(Dataset):
             counts[sample.label] += 1
         return counts
 
+    def subset(self, indices: Sequence[int], transform: Callable | None = None, source: str | None = None
+               ) -> "ImageListDataset":
+        """The samples at ``indices`` (in that order) as a dataset of their own, e.g. a validation split."""
+        return ImageListDataset([self.samples[i] for i in indices], self.classes,
+                                self.transform if transform is None else transform,
+                                skip_bad_images=self.skip_bad_images, source=source or self.source,
+                                bad_image_log=self.bad_image_log)
+
     def cache_images(self) -> None:
         """Decode every image once into memory (uint8 HWC) so epochs only augment."""
         self._cache = [np.asarray(self._decode(i)) for i in range(len(self.samples))]
