@@ -39,11 +39,12 @@ names the machine each run trained on (CPU model, family/model, native bf16, thr
 
 After each arm, and at the end, writes to OUTPUT (``--report-only`` just rewrites them; see
 bench/compare_report.py): ``results.csv`` (a row per arm and seed: last and best evaluation, best =
-highest mean class accuracy on the evaluation split, optimistic; where each run trained),
-``RESULTS.md`` (mean and std over seeds, paired differences to the baseline with a stated noise
-rule, every run's overall / mean class accuracy at up to 12 evaluations), ``per_class_recall.png``
-and ``mean_acc_curves.png``. Bad input: one ``error:`` line, exit 2. A failed arm: exit 1 at the
-end, with the other arms run and reported.
+best.pth's: highest mean class accuracy on the evaluation split, optimistic, or with train.py's
+``--val-fraction``/``--val-split`` on the validation split; where each run trained), ``RESULTS.md``
+(mean and std over seeds, paired differences to the baseline with a stated noise rule, also at the
+validation-best evaluation; every run's overall / mean class accuracy at up to 12 evaluations),
+``per_class_recall.png``, ``mean_acc_curves.png``. Bad input: one ``error:`` line, exit 2. A failed
+arm: exit 1 at the end, with the other arms run and reported.
 """
 from __future__ import annotations
 
@@ -438,8 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         lock.unlink(missing_ok=True)
     if runner.stopping:
         return 130
-    print(f"wrote {out / 'results.csv'}, {out / 'RESULTS.md'}, {out / 'per_class_recall.png'}, "
-          f"{out / 'mean_acc_curves.png'}", flush=True)
+    print("wrote " + ", ".join(str(out / f) for f in ("results.csv", "RESULTS.md", "per_class_recall.png", "mean_acc_curves.png")))
     if runner.failed:
         print(f"error: {len(runner.failed)} run(s) failed: {', '.join(runner.failed)}", file=sys.stderr, flush=True)
         return 1

@@ -1,6 +1,11 @@
 """The report of a bench/compare.py comparison, from the runs' folders: results.csv (a row per arm
 and seed), RESULTS.md (mean and std over seeds, paired differences to the baseline with the noise
-rule, every evaluation of every run) and the figures per_class_recall.png and mean_acc_curves.png."""
+rule, every evaluation of every run) and the figures per_class_recall.png and mean_acc_curves.png.
+
+A run's **best** evaluation is train.py's best.pth: with a validation split (train.py's
+``--val-fraction`` / ``--val-split official``, whose metrics.jsonl records carry ``val_*`` keys)
+the evaluation with the highest validation mean class accuracy, reported on the test split; without
+one, the highest test mean class accuracy (optimistic). The first of equal scores, in both."""
 from __future__ import annotations
 
 import argparse
@@ -32,7 +37,9 @@ def collect(out: Path, arms: list[Arm]) -> list[dict]:
             if not records:
                 continue
             last = records[-1]
-            best = max(records, key=lambda r: r["mean_acc"])  # first of ties, as train.py's best.pth
+            selected_on = "val" if all("val_mean_acc" in r for r in records) else "test"
+            score = "val_mean_acc" if selected_on == "val" else "mean_acc"
+            best = max(records, key=lambda r: r[score])  # first of ties, as train.py's best.pth
             wall, machine = None, ""
             for name in ("done.json", "wall_time.json"):
                 if (run_dir / name).is_file():
@@ -48,7 +55,7 @@ def collect(out: Path, arms: list[Arm]) -> list[dict]:
             rows.append({"arm": arm.name, "method": arm.method, "flags": arm.flags_text, "seed": seed,
                          "status": "done" if is_done(run_dir) else "incomplete", "total_steps": total_steps_of(run_dir),
                          "wall_s": wall, "code_version": version, "machine": machine, "classes": last["classes"],
-                         "last": last, "best": best, "evals": records})
+                         "last": last, "best": best, "selected_on": selected_on, "evals": records})
     return rows
 
 
@@ -58,6 +65,8 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     for which in ("last", "best"):
         head += [f"{which}_step", f"{which}_overall_acc", f"{which}_mean_acc", f"{which}_macro_f1"]
         head += [f"{which}_recall_{c}" for c in classes]
+    val = any(r["selected_on"] == "val" for r in rows)  # a validation split: where best was chosen, and its score
+    head += ["selected_on", "last_val_mean_acc", "best_val_mean_acc"] if val else []
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
@@ -69,6 +78,9 @@ def write_csv(path: Path, rows: list[dict]) -> None:
                 rec = r[which]
                 line += [rec["step"], repr(rec["overall_acc"]), repr(rec["mean_acc"]), repr(rec["macro_f1"])]
                 line += [repr(x) for x in rec["per_class_acc"]]
+            if val:
+                line += [r["selected_on"]] + [repr(r[w]["val_mean_acc"]) if "val_mean_acc" in r[w] else ""
+                                              for w in ("last", "best")]
             writer.writerow(line)
     os.replace(tmp, path)
 
@@ -111,9 +123,13 @@ def write_markdown(path: Path, rows: list[dict], arms: list[Arm], args: argparse
     done = [r for r in rows if r["status"] == "done"]
     classes = next((r["classes"] for r in rows), [])
     by_arm = {a.name: [r for r in done if r["arm"] == a.name] for a in arms}
-    base = by_arm.get(args.baseline, [])
-    base_by_seed = {r["seed"]: r for r in base}
+    selected_on = {r["selected_on"] for r in done} or {"test"}
     budget = f"--steps {args.steps}" if args.steps else f"--epochs {args.epochs}"
+    best_text = {"test": "**best** = the evaluation with the highest mean class accuracy (selected on the evaluation "
+                         "split, so optimistic)",
+                 "val": "**best** = the evaluation with the highest mean class accuracy on the validation split "
+                        "(held out from training: train.py's --val-fraction or --val-split official; best.pth), "
+                        "its metrics on the evaluation split (nothing selected on it)"}
     lines = [
         "# Method comparison (bench/compare.py)",
         "",
@@ -125,8 +141,9 @@ def write_markdown(path: Path, rows: list[dict], arms: list[Arm], args: argparse
             for a in arms) + ".",
         "- Metrics in % on the dataset's evaluation split: overall accuracy, mean class accuracy (mean of "
         "per-class recalls), macro-F1, per-class recall. **last** = the evaluation at the end of the budget "
-        "(nothing selected on the evaluation split); **best** = the evaluation with the highest mean class "
-        "accuracy (selected on the evaluation split, so optimistic).",
+        "(nothing selected on the evaluation split); "
+        + "; for the runs with a validation split, ".join(best_text[k] for k in sorted(selected_on))
+        + ".",
         f"- Mean ± sample standard deviation over the seeds that finished; paired differences are arm minus "
         f"`{args.baseline}` on the same seed.",
         f"- **Noise rule**: a difference in mean class accuracy (or overall) is *within seed noise* when "
@@ -148,45 +165,15 @@ def write_markdown(path: Path, rows: list[dict], arms: list[Arm], args: argparse
                    for r in rows if r["status"] != "done"]
         lines += [f"**Not finished yet** ({len(missing)}): {', '.join(missing)}."
                   + (f" In progress: {', '.join(running)}." if running else ""), ""]
-    short = [c[:3] for c in classes]
-    for which, title in (("last", "Last evaluation"), ("best", "Best evaluation (selected on the evaluation split)")):
-        lines += [f"## {title}", "",
-                  "| arm | seeds | steps | overall | mean class acc | macro-F1 | " + " | ".join(short) + " |",
-                  "|---|---:|---:|---:|---:|---:|" + "---:|" * len(short)]
-        for arm in arms:
-            rs = by_arm[arm.name]
-            if not rs:
-                continue
-            cells = [fmt(*mean_std([r[which][k] for r in rs])) for k, _ in METRICS]
-            recalls = [f"{mean_std([r[which]['per_class_acc'][i] for r in rs])[0] * 100:.1f}" for i in range(len(classes))]
-            steps = "/".join(sorted({str(r[which]["step"]) for r in rs}))
-            lines.append(f"| {arm.name} | {len(rs)} | {steps} | " + " | ".join(cells) + " | " + " | ".join(recalls) + " |")
-        lines.append("")
-    ce_std = {k: mean_std([r["last"][k] for r in base])[1] if len(base) >= 2 else None for k in ("overall_acc", "mean_acc")}
-    lines += [f"## Paired difference to `{args.baseline}` (last evaluation, percentage points)", ""]
-    if not base:
-        lines += [f"No finished `{args.baseline}` arm yet: no paired differences.", ""]
-    else:
-        lines += ["| arm | paired seeds | Δ overall | Δ mean class acc | Δ macro-F1 | " + " | ".join(f"Δ {s}" for s in short)
-                  + " | mean class acc: verdict | overall: verdict |",
-                  "|---|---|---:|---:|---:|" + "---:|" * len(short) + "---|---|"]
-        for arm in arms:
-            if arm.name == args.baseline:
-                continue
-            pairs = [(r, base_by_seed[r["seed"]]) for r in by_arm[arm.name] if r["seed"] in base_by_seed]
-            if not pairs:
-                continue
-            diff = {k: [a["last"][k] - b["last"][k] for a, b in pairs] for k, _ in METRICS}
-            cells = [fmt(*mean_std(diff[k]), signed=True) for k, _ in METRICS]
-            recalls = [f"{mean_std([a['last']['per_class_acc'][i] - b['last']['per_class_acc'][i] for a, b in pairs])[0] * 100:+.1f}"
-                       for i in range(len(classes))]
-            lines.append(f"| {arm.name} | {','.join(str(a['seed']) for a, _ in pairs)} | " + " | ".join(cells) + " | "
-                         + " | ".join(recalls) + f" | {verdict(diff['mean_acc'], ce_std['mean_acc'])} | "
-                         f"{verdict(diff['overall_acc'], ce_std['overall_acc'])} |")
-        lines.append("")
-        if len(base) >= 2:
-            lines += [f"Seed noise of `{args.baseline}` itself ({len(base)} seeds): overall std "
-                      f"{ce_std['overall_acc'] * 100:.2f}, mean class acc std {ce_std['mean_acc'] * 100:.2f}.", ""]
+    best_title = {frozenset({"test"}): "Best evaluation (selected on the evaluation split)",
+                  frozenset({"val"}): "At the validation-best evaluation (best.pth, chosen on the validation split)"}
+    best_title = best_title.get(frozenset(selected_on), "Best evaluation (chosen on the validation split where a run "
+                                                        "had one, else on the evaluation split)")
+    for which, title in (("last", "Last evaluation"), ("best", best_title)):
+        lines += summary_table(which, title, by_arm, arms, classes)
+    lines += paired_table("last", "last evaluation", by_arm, arms, classes, args.baseline)
+    if selected_on == {"val"}:  # chosen without looking at the evaluation split: as fair a comparison as the last
+        lines += paired_table("best", "validation-best evaluation", by_arm, arms, classes, args.baseline)
     lines += trajectory_table(rows, arms)
     lines += ["Per-class columns use the first three letters of: " + ", ".join(classes) + ".", "",
               "Figures: `per_class_recall.png` (last evaluation, mean over seeds, bars ± std), "
@@ -195,6 +182,52 @@ def write_markdown(path: Path, rows: list[dict], arms: list[Arm], args: argparse
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text("\n".join(lines), encoding="utf-8")
     os.replace(tmp, path)
+
+
+def summary_table(which: str, title: str, by_arm: dict[str, list[dict]], arms: list[Arm], classes: list[str]) -> list[str]:
+    """Mean ± std over seeds of every arm's ``which`` ("last" or "best") evaluation."""
+    lines = [f"## {title}", "",
+             "| arm | seeds | steps | overall | mean class acc | macro-F1 | " + " | ".join(c[:3] for c in classes) + " |",
+             "|---|---:|---:|---:|---:|---:|" + "---:|" * len(classes)]
+    for arm in arms:
+        rs = by_arm[arm.name]
+        if not rs:
+            continue
+        cells = [fmt(*mean_std([r[which][k] for r in rs])) for k, _ in METRICS]
+        recalls = [f"{mean_std([r[which]['per_class_acc'][i] for r in rs])[0] * 100:.1f}" for i in range(len(classes))]
+        steps = "/".join(sorted({str(r[which]["step"]) for r in rs}))
+        lines.append(f"| {arm.name} | {len(rs)} | {steps} | " + " | ".join(cells) + " | " + " | ".join(recalls) + " |")
+    return lines + [""]
+
+
+def paired_table(which: str, what: str, by_arm: dict[str, list[dict]], arms: list[Arm], classes: list[str],
+                 baseline: str) -> list[str]:
+    """Every arm minus ``baseline`` on the same seeds at their ``which`` evaluation, with the noise rule's verdicts."""
+    base = by_arm.get(baseline, [])
+    base_by_seed = {r["seed"]: r for r in base}
+    lines = [f"## Paired difference to `{baseline}` ({what}, percentage points)", ""]
+    if not base:
+        return lines + [f"No finished `{baseline}` arm yet: no paired differences.", ""]
+    ce_std = {k: mean_std([r[which][k] for r in base])[1] if len(base) >= 2 else None for k in ("overall_acc", "mean_acc")}
+    lines += ["| arm | paired seeds | Δ overall | Δ mean class acc | Δ macro-F1 | " + " | ".join(f"Δ {c[:3]}" for c in classes)
+              + " | mean class acc: verdict | overall: verdict |",
+              "|---|---|---:|---:|---:|" + "---:|" * len(classes) + "---|---|"]
+    for arm in arms:
+        pairs = [(r, base_by_seed[r["seed"]]) for r in by_arm[arm.name] if r["seed"] in base_by_seed]
+        if arm.name == baseline or not pairs:
+            continue
+        diff = {k: [a[which][k] - b[which][k] for a, b in pairs] for k, _ in METRICS}
+        cells = [fmt(*mean_std(diff[k]), signed=True) for k, _ in METRICS]
+        recalls = [f"{mean_std([a[which]['per_class_acc'][i] - b[which]['per_class_acc'][i] for a, b in pairs])[0] * 100:+.1f}"
+                   for i in range(len(classes))]
+        lines.append(f"| {arm.name} | {','.join(str(a['seed']) for a, _ in pairs)} | " + " | ".join(cells) + " | "
+                     + " | ".join(recalls) + f" | {verdict(diff['mean_acc'], ce_std['mean_acc'])} | "
+                     f"{verdict(diff['overall_acc'], ce_std['overall_acc'])} |")
+    lines.append("")
+    if len(base) >= 2:
+        lines += [f"Seed noise of `{baseline}` itself ({len(base)} seeds): overall std "
+                  f"{ce_std['overall_acc'] * 100:.2f}, mean class acc std {ce_std['mean_acc'] * 100:.2f}.", ""]
+    return lines
 
 
 def evaluation_columns(steps: list[int], limit: int = TRAJECTORY_COLUMNS) -> list[int]:

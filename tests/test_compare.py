@@ -297,3 +297,63 @@ def test_machine_line_tells_cpu_generations_and_bf16_apart():
     zen4 = "model name\t: AMD EPYC\ncpu family\t: 25\nmodel\t\t: 17\nflags\t\t: fpu avx2 avx512f avx512_bf16\n"
     assert compare_records.machine_line(zen3).startswith("AMD EPYC (family 25 model 1), no native bf16, ")
     assert compare_records.machine_line(zen4).startswith("AMD EPYC (family 25 model 17), native bf16, ")
+
+
+def test_with_a_validation_split_best_is_the_test_result_at_the_validation_best(tmp_path):
+    """Runs with a validation split (train.py --val-fraction / --val-split official: val_* keys in
+    metrics.jsonl): best is the evaluation with the highest validation mean class accuracy (first of
+    ties, as best.pth), reported on the test split, and RESULTS.md pairs the arms there too."""
+    def write_run(arm, seed, evals):  # (step, test mean class acc, validation mean class acc)
+        run_dir = tmp_path / arm / f"seed{seed}"
+        run_dir.mkdir(parents=True)
+        (run_dir / "config.json").write_text(json.dumps({"total_steps": 30}))
+        (run_dir / "done.json").write_text(json.dumps({"wall_s": 1.0}))
+        with open(run_dir / "metrics.jsonl", "w") as handle:
+            for step, test, val in evals:
+                handle.write(json.dumps({
+                    "step": step, "overall_acc": test + 0.01, "mean_acc": test, "macro_f1": test - 0.01,
+                    "per_class_acc": [test, test], "classes": ["a", "b"], "val_overall_acc": val, "val_mean_acc": val,
+                    "val_macro_f1": val, "val_per_class_acc": [val, val], "selected_on": "val"}) + "\n")
+
+    write_run("ce", 0, [(10, 0.50, 0.40), (20, 0.60, 0.45), (30, 0.55, 0.45)])  # validation-best: 20, first of ties
+    write_run("ce", 1, [(10, 0.52, 0.50), (20, 0.70, 0.40), (30, 0.54, 0.42)])  # 10; the test split's best is 20
+    write_run("mek", 0, [(10, 0.62, 0.30), (20, 0.50, 0.48), (30, 0.58, 0.44)])  # 20
+    write_run("mek", 1, [(10, 0.40, 0.30), (20, 0.45, 0.35), (30, 0.66, 0.47)])  # 30
+    assert compare.main(["--report-only", "--dataset", "demo", "--methods", "ce,mek", "--seeds", "0,1", "--steps", "30",
+                         "--output", str(tmp_path)]) == 0
+    with open(tmp_path / "results.csv", newline="") as handle:
+        rows = {(r["arm"], int(r["seed"])): r for r in csv.DictReader(handle)}
+    chosen = {("ce", 0): (20, 0.60, 0.45), ("ce", 1): (10, 0.52, 0.50), ("mek", 0): (20, 0.50, 0.48),
+              ("mek", 1): (30, 0.66, 0.47)}
+    for key, (step, test, val) in chosen.items():
+        row = rows[key]
+        assert (int(row["best_step"]), row["selected_on"]) == (step, "val")
+        assert float(row["best_mean_acc"]) == pytest.approx(test) and float(row["best_val_mean_acc"]) == pytest.approx(val)
+        assert float(row["best_overall_acc"]) == pytest.approx(test + 0.01)
+    md = (tmp_path / "RESULTS.md").read_text()
+    assert "## At the validation-best evaluation (best.pth, chosen on the validation split)" in md
+    assert "highest mean class accuracy on the validation split" in md and "so optimistic" not in md
+    assert "## Paired difference to `ce` (last evaluation, percentage points)" in md
+    assert "## Paired difference to `ce` (validation-best evaluation, percentage points)" in md
+    diffs = [chosen[("mek", s)][1] - chosen[("ce", s)][1] for s in (0, 1)]  # -0.10, +0.14
+    mean, sd = sum(diffs) / 2, abs(diffs[0] - diffs[1]) / math.sqrt(2)
+    assert f"| mek | 0,1 | {mean * 100:+.2f} ± {sd * 100:.2f} |" in md.split("validation-best evaluation, percentage")[1]
+
+
+def test_validation_split_end_to_end_best_is_train_pys_best_pth(demo_root, tmp_path):
+    """train.py --val-fraction through compare.py: the best evaluation of results.csv is the step
+    train.py chose for best.pth on the validation split (metrics.jsonl's ``best``), its test metrics."""
+    out = tmp_path / "cmp"
+    result = run_compare("--dataset", "demo", "--data-root", str(demo_root), "--methods", "ce", "--steps", "20",
+                         "--common", COMMON.replace("--eval-interval 10", "--eval-interval 5") + " --val-fraction 0.25",
+                         "--output", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    records = [json.loads(line) for line in (out / "ce" / "seed0" / "metrics.jsonl").open()]
+    chosen = records[-1]["best"]
+    assert chosen["selected_on"] == "val" and len(records) == 4
+    with open(out / "results.csv", newline="") as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert row["selected_on"] == "val" and int(row["best_step"]) == chosen["step"]
+    assert float(row["best_mean_acc"]) == pytest.approx(chosen["mean_acc"], abs=1e-12)
+    assert float(row["best_val_mean_acc"]) == pytest.approx(chosen["val_mean_acc"], abs=1e-12)
+    assert "## At the validation-best evaluation" in (out / "RESULTS.md").read_text()
