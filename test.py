@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import engine
+from data.label_modes import vote_counts
 from data import DatasetError, ImageListDataset, Sample, build_dataset
 from data.split import fingerprint
 from data.transforms import NORMALISATIONS, AugmentConfig, build_eval_transform
@@ -31,7 +32,7 @@ from models import build_model_from_config
 from utils.checkpoint import CheckpointError, check_model_fits, load_checkpoint
 from utils.device import resolve_device
 from utils.logging import error_exit, worker_error_message
-from utils.metrics import classification_metrics
+from utils.metrics import evaluation_metrics
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -180,16 +181,24 @@ def main(args: argparse.Namespace) -> dict:
     loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=args.workers)
     indices, targets, predictions, probs = engine.predict(model, loader, device, amp, channels_last, not args.no_progress,
                                                           eval_logits)
+    votes, metric_probs = None, probs
     if shared_logits is not None:  # argmax over the shared classes' logits (= over their softmax probabilities)
         predictions = probs[:, shared_logits].argmax(1)
-    metrics = classification_metrics(targets.tolist(), predictions.tolist(), len(data.classes))
+        metric_probs = probs[:, shared_logits] / probs[:, shared_logits].sum(1, keepdim=True)  # for the ECE
+    else:  # the annotators' votes (FERPlus) are over the model's own classes
+        votes = vote_counts(data, len(data.classes))
+    metrics = evaluation_metrics(targets.tolist(), predictions.tolist(), metric_probs.cpu().numpy(), len(data.classes),
+                                 None if votes is None else votes[indices.cpu().numpy()])
     if cross is not None:
         metrics["cross_dataset"] = cross
 
     classes = data.classes
     print(f"{args.checkpoint}{f' ({args.network})' if args.network else ''} on {dataset} {args.split} ({len(data)} images)")
     print(f"overall accuracy {metrics['overall_acc'] * 100:.2f}  mean class accuracy {metrics['mean_acc'] * 100:.2f}  "
-          f"macro-F1 {metrics['macro_f1'] * 100:.2f}")
+          f"macro-F1 {metrics['macro_f1'] * 100:.2f}  ECE {metrics['ece'] * 100:.2f}")
+    if "vote_kl" in metrics:
+        print(f"against the annotators' votes: KL(votes || model) {metrics['vote_kl']:.4f}  "
+              f"NLL of the votes {metrics['vote_nll']:.4f}")
     if Path(args.checkpoint).name == "best.pth" and same_data and args.split == "test":
         for line in selection_note(state, Path(args.checkpoint)):
             print(line)

@@ -155,3 +155,12 @@ def apply_label_mode(dataset: ImageListDataset, mode: str) -> ImageListDataset:
             q[sample.label] = 1.0
         distributions.append(q)
     return VoteTargetDataset(dataset, mode, distributions)
+
+
+def vote_counts(dataset, num_classes: int) -> np.ndarray | None:
+    """(N, num_classes) annotators' vote counts of ``dataset``'s samples over its classes, or None
+    when its samples carry no votes (every dataset but FERPlus's vote-file layouts)."""
+    from .ferplus import class_vote_counts
+
+    samples = getattr(dataset, "samples", None)
+    return None if samples is None else class_vote_counts(samples, num_classes)

@@ -144,3 +144,20 @@ def test_seven_classes_drop_contempt_from_the_distribution(tmp_path):
     assert class_vote_counts(train7.samples, 7).shape == (len(train7), 7)
     soft7 = apply_label_mode(train7, "soft")
     assert all(len(d) == 7 and abs(sum(d) - 1) < 1e-9 for d in soft7.distributions)
+
+
+def test_training_on_ferplus_records_the_distribution_metrics(tmp_path):
+    import test as test_script
+    import train
+    from utils.logging import read_metrics
+
+    root = make_ferplus(tmp_path / "ferplus")
+    out = tmp_path / "run"
+    train.cli(["--dataset", "ferplus", "--data-root", str(root), "--img-size", "32", "--batch-size", "4",
+               "--workers", "0", "--steps", "2", "--no-progress", "--output", str(out)])
+    record = read_metrics(out / "metrics.jsonl")[-1]
+    assert {"vote_kl", "vote_nll", "ece"} <= set(record)
+    assert record["vote_kl"] >= 0 and record["vote_nll"] >= record["vote_kl"]
+    metrics = test_script.cli([str(out / "last.pth"), "--workers", "0", "--no-progress", "--out-dir", str(tmp_path)])
+    for key in ("vote_kl", "vote_nll", "ece"):
+        assert metrics[key] == pytest.approx(record[key], rel=1e-9), key

@@ -87,3 +87,13 @@ def test_ece_hand_computed_with_15_bins():
     # A confidence of exactly 0.6 = 9/15 closes bin 8, so it shares no bin with 0.61 (bin 9).
     two = np.array([[0.6, 0.4], [0.61, 0.39]])
     assert expected_calibration_error(two, [0, 1]) == pytest.approx(0.5 * 0.4 + 0.5 * 0.61, rel=1e-12)
+
+
+def test_evaluation_metrics_add_ece_always_and_vote_metrics_with_votes():
+    from utils.metrics import evaluation_metrics
+
+    probs = np.array([[0.9, 0.1], [0.2, 0.8]])
+    m = evaluation_metrics([0, 0], [0, 1], probs, num_classes=2)
+    assert m["ece"] == pytest.approx(0.5 * 0.1 + 0.5 * 0.8) and "vote_kl" not in m
+    m = evaluation_metrics([0, 0], [0, 1], probs, num_classes=2, votes=np.array([[10, 0], [5, 5]]))
+    assert m["vote_nll"] == pytest.approx((-math.log(0.9) - 0.5 * math.log(0.2) - 0.5 * math.log(0.8)) / 2)

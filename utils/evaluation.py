@@ -10,12 +10,21 @@ from __future__ import annotations
 from typing import Any
 
 METRIC_KEYS = ("overall_acc", "mean_acc", "per_class_acc", "macro_f1")
+# Recorded where the evaluation computed them: calibration on every dataset, the distance to the
+# annotators' vote distribution where the votes are known (FERPlus; utils/metrics.py).
+DISTRIBUTION_KEYS = ("ece", "vote_kl", "vote_nll")
+
+
+def _metric_items(metrics: dict) -> dict:
+    return {k: metrics[k] for k in METRIC_KEYS + DISTRIBUTION_KEYS if k in metrics}
 
 
 def format_eval(metrics: dict, classes: list[str]) -> str:
     per_class = " ".join(f"{c[:4]}={a * 100:.1f}" for c, a in zip(classes, metrics["per_class_acc"]))
+    votes = (f" | votes: KL {metrics['vote_kl']:.4f}  NLL {metrics['vote_nll']:.4f}  ECE {metrics['ece'] * 100:.2f}"
+             if "vote_kl" in metrics else "")
     return (f"overall {metrics['overall_acc'] * 100:.2f}  mean {metrics['mean_acc'] * 100:.2f}  "
-            f"macro-F1 {metrics['macro_f1'] * 100:.2f} | {per_class}")
+            f"macro-F1 {metrics['macro_f1'] * 100:.2f} | {per_class}{votes}")
 
 
 class BestTracker:
@@ -40,8 +49,7 @@ class BestTracker:
         """The ``best`` entry of a metrics.jsonl record: the chosen step and its test metrics."""
         if self.step is None:
             return None
-        entry = {"step": self.step, "selected_on": self.selected_on,
-                 **{k: self.test[k] for k in METRIC_KEYS if k in self.test}}
+        entry = {"step": self.step, "selected_on": self.selected_on, **_metric_items(self.test)}
         if self.val is not None:
             entry["val_mean_acc"] = self.val["mean_acc"]
         return entry
@@ -65,11 +73,11 @@ def eval_record(progress, averages: dict, lr: float, test: dict, val: dict | Non
     record = {"epoch": progress.epoch, "step": progress.step, "loss": averages.get("loss", float("nan")),
               **{f"loss_{k}": v for k, v in averages.items() if k != "loss"},
               "lr": lr, "skipped_nonfinite": progress.skipped_nonfinite,
-              **{k: test[k] for k in METRIC_KEYS},
-              **{f"{name}_{k}": m[k] for name, m in networks.items() for k in METRIC_KEYS},
+              **_metric_items(test),
+              **{f"{name}_{k}": v for name, m in networks.items() for k, v in _metric_items(m).items()},
               "classes": classes, "time": round(elapsed, 1), "selected_on": best.selected_on}
     if val is not None:
-        record.update({f"val_{k}": val[k] for k in METRIC_KEYS})
+        record.update({f"val_{k}": v for k, v in _metric_items(val).items()})
     if best.summary() is not None:
         record["best"] = best.summary()
     return record

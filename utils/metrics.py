@@ -81,3 +81,15 @@ def vote_metrics(probs: np.ndarray, votes: np.ndarray) -> dict:
     nll = -(q * log_p).sum(axis=1)
     entropy = -(np.where(q > 0, q * np.log(np.where(q > 0, q, 1.0)), 0.0)).sum(axis=1)
     return {"vote_kl": float((nll - entropy).mean()), "vote_nll": float(nll.mean())}
+
+
+def evaluation_metrics(targets: Sequence[int], predictions: Sequence[int], probs: np.ndarray, num_classes: int,
+                       votes: np.ndarray | None = None) -> dict:
+    """``classification_metrics`` plus ``ece`` (on the labels) and, where the annotators' votes
+    of each sample are known (FERPlus), ``vote_kl`` and ``vote_nll`` (``vote_metrics``)."""
+    metrics = classification_metrics(targets, predictions, num_classes)
+    probs = np.asarray(probs, dtype=np.float64)
+    metrics["ece"] = expected_calibration_error(probs, targets) if len(probs) else 0.0
+    if votes is not None and len(probs):
+        metrics.update(vote_metrics(probs, votes))
+    return metrics
