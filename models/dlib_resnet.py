@@ -46,7 +46,6 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import math
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
