@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from compare import Arm
 
 METRICS = (("overall_acc", "overall"), ("mean_acc", "mean class acc"), ("macro_f1", "macro-F1"))
+# Reported where every run recorded them (train.py: ece always, vote_kl / vote_nll on FERPlus's votes);
+# KL and NLL in nats, ECE in percent.
+DISTRIBUTION_METRICS = (("vote_kl", "KL(votes ‖ model)"), ("vote_nll", "NLL of votes"), ("ece", "ECE"))
 TRAJECTORY_COLUMNS = 12  # evaluation steps in RESULTS.md's trajectory table: a wider one does not read
 
 
@@ -67,6 +70,8 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         head += [f"{which}_recall_{c}" for c in classes]
     val = any(r["selected_on"] == "val" for r in rows)  # a validation split: where best was chosen, and its score
     head += ["selected_on", "last_val_mean_acc", "best_val_mean_acc"] if val else []
+    dist = [k for k, _ in DISTRIBUTION_METRICS if k in ("vote_kl", "vote_nll") and recorded(rows, k)]
+    head += [f"{which}_{k}" for which in ("last", "best") for k in dist]
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
@@ -81,8 +86,14 @@ def write_csv(path: Path, rows: list[dict]) -> None:
             if val:
                 line += [r["selected_on"]] + [repr(r[w]["val_mean_acc"]) if "val_mean_acc" in r[w] else ""
                                               for w in ("last", "best")]
+            line += [repr(r[w][k]) for w in ("last", "best") for k in dist]
             writer.writerow(line)
     os.replace(tmp, path)
+
+
+def recorded(rows: list[dict], key: str) -> bool:
+    """Whether every run's last and best evaluations hold ``key``."""
+    return bool(rows) and all(key in r[w] for r in rows for w in ("last", "best"))
 
 
 def mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -95,6 +106,11 @@ def mean_std(values: list[float]) -> tuple[float, float | None]:
 def fmt(m: float, s: float | None, signed: bool = False) -> str:
     """Percent with two decimals (``signed``: a difference, so + on gains), ± the std if known."""
     return (f"{m * 100:+.2f}" if signed else f"{m * 100:.2f}") + (f" ± {s * 100:.2f}" if s is not None else "")
+
+
+def nats(m: float, s: float | None) -> str:
+    """A KL or NLL in nats with three decimals, ± the std if known."""
+    return f"{m:.3f}" + (f" ± {s:.3f}" if s is not None else "")
 
 
 def verdict(diffs: list[float], ce_std: float | None) -> str:
@@ -186,17 +202,24 @@ def write_markdown(path: Path, rows: list[dict], arms: list[Arm], args: argparse
 
 def summary_table(which: str, title: str, by_arm: dict[str, list[dict]], arms: list[Arm], classes: list[str]) -> list[str]:
     """Mean ± std over seeds of every arm's ``which`` ("last" or "best") evaluation."""
+    # The distribution metrics only where every run has the annotators' votes (FERPlus): ECE beside them.
+    all_rows = [r for rs in by_arm.values() for r in rs]
+    dist = [(k, name) for k, name in DISTRIBUTION_METRICS if recorded(all_rows, "vote_kl") and recorded(all_rows, k)]
     lines = [f"## {title}", "",
-             "| arm | seeds | steps | overall | mean class acc | macro-F1 | " + " | ".join(c[:3] for c in classes) + " |",
-             "|---|---:|---:|---:|---:|---:|" + "---:|" * len(classes)]
+             "| arm | seeds | steps | overall | mean class acc | macro-F1 | " + " | ".join(c[:3] for c in classes) + " |"
+             + "".join(f" {name} |" for _, name in dist),
+             "|---|---:|---:|---:|---:|---:|" + "---:|" * (len(classes) + len(dist))]
     for arm in arms:
         rs = by_arm[arm.name]
         if not rs:
             continue
         cells = [fmt(*mean_std([r[which][k] for r in rs])) for k, _ in METRICS]
         recalls = [f"{mean_std([r[which]['per_class_acc'][i] for r in rs])[0] * 100:.1f}" for i in range(len(classes))]
+        extra = [fmt(*mean_std([r[which][k] for r in rs])) if k == "ece" else nats(*mean_std([r[which][k] for r in rs]))
+                 for k, _ in dist]
         steps = "/".join(sorted({str(r[which]["step"]) for r in rs}))
-        lines.append(f"| {arm.name} | {len(rs)} | {steps} | " + " | ".join(cells) + " | " + " | ".join(recalls) + " |")
+        lines.append(f"| {arm.name} | {len(rs)} | {steps} | " + " | ".join(cells) + " | " + " | ".join(recalls) + " |"
+                     + "".join(f" {e} |" for e in extra))
     return lines + [""]
 
 

@@ -357,3 +357,30 @@ def test_validation_split_end_to_end_best_is_train_pys_best_pth(demo_root, tmp_p
     assert float(row["best_mean_acc"]) == pytest.approx(chosen["mean_acc"], abs=1e-12)
     assert float(row["best_val_mean_acc"]) == pytest.approx(chosen["val_mean_acc"], abs=1e-12)
     assert "## At the validation-best evaluation" in (out / "RESULTS.md").read_text()
+
+
+def test_distribution_metrics_appear_only_where_every_run_has_votes(tmp_path):
+    from types import SimpleNamespace
+
+    def row(arm: str, seed: int, kl: float | None, ece: float) -> dict:
+        rec = {"step": 10, "overall_acc": 0.5, "mean_acc": 0.4, "macro_f1": 0.3, "per_class_acc": [0.4, 0.4], "ece": ece}
+        if kl is not None:
+            rec.update(vote_kl=kl, vote_nll=kl + 1.0)
+        return {"arm": arm, "method": arm, "flags": "", "seed": seed, "status": "done", "total_steps": 10,
+                "wall_s": 1.0, "code_version": "", "machine": "", "classes": ["a", "b"], "last": rec, "best": rec,
+                "selected_on": "test", "evals": [rec]}
+
+    arms = [SimpleNamespace(name="ce")]
+    with_votes = {"ce": [row("ce", 0, 0.5, 0.10), row("ce", 1, 0.7, 0.20)]}
+    table = "\n".join(compare_report.summary_table("last", "Last", with_votes, arms, ["a", "b"]))
+    assert "KL(votes ‖ model) | NLL of votes | ECE |" in table
+    assert "| 0.600 ± 0.141 | 1.600 ± 0.141 | 15.00 ± 7.07 |" in table  # nats; ECE in percent
+    without = {"ce": [row("ce", 0, None, 0.10), row("ce", 1, 0.7, 0.20)]}
+    assert "KL" not in "\n".join(compare_report.summary_table("last", "Last", without, arms, ["a", "b"]))
+
+    compare_report.write_csv(tmp_path / "r.csv", with_votes["ce"])
+    with open(tmp_path / "r.csv", newline="") as handle:
+        first = next(csv.DictReader(handle))
+    assert float(first["last_vote_kl"]) == 0.5 and float(first["best_vote_nll"]) == 1.5
+    compare_report.write_csv(tmp_path / "n.csv", without["ce"])
+    assert "vote_kl" not in (tmp_path / "n.csv").read_text()
