@@ -1,13 +1,15 @@
 """Training and evaluation loops, the same for every method.
 
-One training step: the method's ``training_step`` runs the forwards it needs and returns its
-loss terms (the total under ``"loss"``); the engine owns mixed precision, backward, gradient
-scaling and clipping, the non-finite guard (the same decision on every DDP rank), the
-running sums of the terms (kept on the device, synchronised only when logged) and progress.
+One training step: the method's ``train_step`` runs the forwards it needs (by default its
+``training_step``, whose loss terms carry the total under ``"loss"``) and updates through the
+engine's :class:`Stepper`, the one place with mixed precision, backward, gradient scaling and
+clipping and the non-finite guard (the same decision on every DDP rank). The engine keeps the
+running sums of the terms (on the device, synchronised only when logged) and progress.
 """
 from __future__ import annotations
 
 import contextlib
+from functools import partial
 import sys
 import time
 from dataclasses import dataclass, field
@@ -18,8 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from utils.distributed import all_gather_concat
-from data.label_modes import vote_counts
-from utils.metrics import evaluation_metrics
+from utils.metrics import classification_metrics
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -56,6 +57,14 @@ class TrainProgress:
 
     def __post_init__(self) -> None:
         self._pending: dict[str, torch.Tensor] = {}
+        self.lr = float("nan")  # the logged learning rate of the last step (not saved: set by every step)
+
+    def next_epoch(self, steps_per_epoch: int) -> None:
+        """Start the next epoch, or the current one if it has not begun (a resume at an epoch's start)."""
+        if self.batch_in_epoch >= steps_per_epoch:
+            self.start_epoch(self.epoch + 1)
+        elif self.batch_in_epoch == 0:
+            self.start_epoch(self.epoch)
 
     def start_epoch(self, epoch: int) -> None:
         self.epoch, self.batch_in_epoch, self.sums, self.batches = epoch, 0, {}, 0
@@ -96,17 +105,21 @@ def compute_loss(model: nn.Module, method, images: torch.Tensor, labels: torch.T
         return method.training_step(model, images, labels)
 
 
-@dataclass
-class ManualUpdate:
-    """The engine's update rule for methods that step their own optimisers (``manual_optimization``).
+class Stepper:
+    """The one optimisation step of the codebase, for any network and optimiser.
 
-    ``update`` is the engine's own: the non-finite guard (same decision on every rank), zeroing,
-    backward (scaled under fp16), clipping and the optimiser step, for any network.
+    ``update(loss, terms, optimizer, parameters, scaler)``: the non-finite check (the same
+    decision on every DDP rank), zeroing, backward (scaled under fp16), gradient unscale,
+    clipping of ``parameters``, the optimiser step and the scaler update. Every method's update
+    goes through it: a one-network method's (``Method.train_step``), each network of a method
+    that trains several (a teacher and a student), and ``--dry-run``. ``lr`` is the learning
+    rate of the first optimiser updated in this step (the one logged).
     """
 
-    device: torch.device
-    options: StepOptions
-    step: int
+    def __init__(self, device: torch.device, options: StepOptions, step: int) -> None:
+        self.device, self.options, self.step = device, options, step
+        self.lr: float | None = None
+        self.skipped: list[str] = []  # the non-finite terms of a skipped update
 
     def autocast(self):
         return autocast(self.device, self.options.amp)
@@ -114,27 +127,32 @@ class ManualUpdate:
     def update(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
                parameters: Iterable[torch.Tensor], scaler: torch.amp.GradScaler | None = None) -> bool:
         """Backward ``loss`` and step ``optimizer``; False (nothing stepped) when skipped as non-finite."""
+        if self.lr is None:
+            self.lr = optimizer.param_groups[0]["lr"]
         if not _finite_on_all_ranks(loss):
             bad = [k for k, v in terms.items() if k != "loss" and not torch.isfinite(v)] or ["loss"]
             if not self.options.skip_nonfinite:
                 raise NonFiniteLossError(self.step, bad)
+            self.skipped = bad
             optimizer.zero_grad(set_to_none=True)
             return False
-        parameters = list(parameters)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
-            if self.options.clip_grad:
-                torch.nn.utils.clip_grad_norm_(parameters, self.options.clip_grad)
+        else:
+            loss.backward()
+        if self.options.clip_grad:
+            torch.nn.utils.clip_grad_norm_(list(parameters), self.options.clip_grad)
+        if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
         else:
-            loss.backward()
-            if self.options.clip_grad:
-                torch.nn.utils.clip_grad_norm_(parameters, self.options.clip_grad)
             optimizer.step()
         return True
+
+
+ManualUpdate = Stepper  # the name methods and tests used before the step was written once
 
 
 class StepReporter:
@@ -167,6 +185,16 @@ class StepReporter:
             self.bar.close()
 
 
+def method_step(method, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, optimizer, scaler,
+                stepper: Stepper) -> dict[str, torch.Tensor] | None:
+    """``method.train_step``; an object with only ``training_step`` (the minimal method protocol,
+    e.g. a test's wrapper) gets :meth:`methods.base.Method.train_step`, the default update."""
+    from methods.base import Method
+
+    step = getattr(method, "train_step", None) or partial(Method.train_step, method)
+    return step(model, images, labels, optimizer, scaler, stepper)
+
+
 def train_one_epoch(
     model: nn.Module,
     method,
@@ -183,7 +211,11 @@ def train_one_epoch(
     total_batches: int | None = None,
     log_interval: int = 50,
 ) -> None:
-    """Train from ``progress`` (possibly mid-epoch) to the end of the loader or ``max_steps``."""
+    """Train from ``progress`` (possibly mid-epoch) to the end of the loader or ``max_steps``.
+
+    Per batch: the main schedule's lr, ``method.set_step``, then ``method.train_step`` with a
+    :class:`Stepper` (the method's forwards, losses and updates), then progress and ``on_step``.
+    """
     model.train()
     reporter = StepReporter(total_batches, progress.batch_in_epoch, f"train {progress.epoch}", show_progress, log_interval)
     memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
@@ -194,49 +226,34 @@ def train_one_epoch(
         method.set_step(progress.step)
         images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
         labels = labels.to(device, non_blocking=True)
-
-        if getattr(method, "manual_optimization", False):
-            terms = method.manual_step(model, images, labels, optimizer, scaler, ManualUpdate(device, options, progress.step))
-            if terms is None:
-                progress.skipped_nonfinite += 1
-                reporter.write(f"warning: skipped batch at step {progress.step}: non-finite loss")
-            else:
-                progress.add_terms(terms)
-            progress.step += 1
-            progress.batch_in_epoch += 1
-            reporter.update(progress.step, terms["loss"] if terms else torch.zeros(()), method.current_lr(optimizer))
-            if on_step is not None:
-                on_step(progress)
-            continue
-
-        terms = compute_loss(model, method, images, labels, device, options)
-        loss = terms["loss"]
-        if not _finite_on_all_ranks(loss):
-            bad = [k for k, v in terms.items() if k != "loss" and not torch.isfinite(v)] or ["loss"]
-            if not options.skip_nonfinite:
-                raise NonFiniteLossError(progress.step, bad)
+        stepper = Stepper(device, options, progress.step)
+        terms = method_step(method, model, images, labels, optimizer, scaler, stepper)
+        if terms is None:
             progress.skipped_nonfinite += 1
-            optimizer.zero_grad(set_to_none=True)
-            reporter.write(f"warning: skipped batch at step {progress.step}: non-finite {', '.join(bad)}")
+            reporter.write(f"warning: skipped batch at step {progress.step}: non-finite {', '.join(stepper.skipped)}")
         else:
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                _clip(model, options.clip_grad)
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                _clip(model, options.clip_grad)
-                optimizer.step()
             progress.add_terms(terms)
         progress.step += 1
         progress.batch_in_epoch += 1
-        reporter.update(progress.step, loss, optimizer.param_groups[0]["lr"])
+        progress.lr = stepper.lr if stepper.lr is not None else optimizer.param_groups[0]["lr"]
+        reporter.update(progress.step, terms["loss"] if terms else torch.zeros(()), progress.lr)
         if on_step is not None:
             on_step(progress)
     reporter.close()
+
+
+def dry_run(model: nn.Module, method, train_loader, train_sampler, optimizer, scaler, device: torch.device,
+            options: StepOptions, is_main: bool = True) -> None:
+    """One batch through the method's whole step (forwards, losses, update), and its loss terms."""
+    train_sampler.set_epoch(0)
+    images, labels, _ = next(iter(train_loader))
+    model.train()
+    method.set_step(0)
+    terms = method_step(method, model, images.to(device), labels.to(device), optimizer, scaler,
+                        Stepper(device, options, 0))
+    if is_main:
+        print("dry run: one batch of", tuple(images.shape), "->",
+              ", ".join(f"{k}={float(v.detach()):.4f}" for k, v in (terms or {}).items()), flush=True)
 
 
 def _finite_on_all_ranks(loss: torch.Tensor) -> bool:
@@ -245,11 +262,6 @@ def _finite_on_all_ranks(loss: torch.Tensor) -> bool:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
     return bool(finite.item())
-
-
-def _clip(model: nn.Module, max_norm: float | None) -> None:
-    if max_norm:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
 
 
 @torch.no_grad()
@@ -286,11 +298,46 @@ def predict(model: nn.Module, loader: Iterable, device: torch.device, amp: str =
 def evaluate(model: nn.Module, loader: Iterable, device: torch.device, num_classes: int, amp: str = "off",
              channels_last: bool = False, show_progress: bool = True,
              eval_logits: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:
-    """Overall, mean-class and per-class accuracy, macro-F1, confusion matrix and calibration (ECE)
-    over the whole set; with the annotators' votes (FERPlus) also the KL from the votes to the
-    predicted distribution and the votes' negative log-likelihood (``utils/metrics.py``)."""
-    indices, targets, predictions, probs = predict(model, loader, device, amp, channels_last, show_progress,
-                                                   eval_logits)
-    votes = vote_counts(getattr(loader, "dataset", None), num_classes)
-    return evaluation_metrics(targets.tolist(), predictions.tolist(), probs.cpu().numpy(), num_classes,
-                              None if votes is None else votes[indices.cpu().numpy()])
+    """Overall, mean-class and per-class accuracy, macro-F1 and confusion matrix over the whole set."""
+    _, targets, predictions, _ = predict(model, loader, device, amp, channels_last, show_progress, eval_logits)
+    return classification_metrics(targets.tolist(), predictions.tolist(), num_classes)
+
+
+class Evaluator:
+    """One evaluation of the run: the validation split (when there is one) and the test split with
+    the method's prediction rule, the method's extra networks on test, model selection
+    (``best.pth``), the metrics.jsonl record, the log lines and the curves figure."""
+
+    def __init__(self, model: nn.Module, method, test_loader, val_loader, classes: list[str], device: torch.device,
+                 args, logger, run, best, show_progress: bool, start_time: float) -> None:
+        self.model, self.method, self.test_loader, self.val_loader = model, method, test_loader, val_loader
+        self.classes, self.device, self.args, self.logger, self.run, self.best = classes, device, args, logger, run, best
+        self.show_progress, self.start_time = show_progress, start_time
+        self.last: dict | None = None  # the test metrics of the last evaluation
+
+    def _evaluate(self, model: nn.Module, loader, eval_logits=None, show_progress: bool = False) -> dict:
+        return evaluate(model, loader, self.device, len(self.classes), self.args.amp,
+                        self.args.channels_last, show_progress=show_progress, eval_logits=eval_logits)
+
+    def __call__(self, progress: TrainProgress) -> dict:
+        from utils.evaluation import eval_lines, eval_record
+        from utils.plot import plot_curves
+
+        val = None if self.val_loader is None else self._evaluate(self.model, self.val_loader, self.method.eval_logits,
+                                                                  self.show_progress)
+        test = self._evaluate(self.model, self.test_loader, self.method.eval_logits, self.show_progress)
+        averages = progress.averages()
+        networks = {name: self._evaluate(network, self.test_loader)
+                    for name, (network, _) in self.method.networks().items()}
+        is_best = self.best.update(progress.step, test, val)
+        self.logger.write_metrics(eval_record(progress, averages, progress.lr, test, val, networks, self.classes,
+                                              self.best, time.time() - self.start_time))
+        if self.logger.enabled:
+            plot_curves(self.args.output)  # OUTPUT/curves.png: loss terms and accuracies so far
+        for line in eval_lines(progress, averages, test, val, networks, self.classes):
+            self.logger.info(line)
+        self.last = test
+        if is_best:
+            self.run.save("best.pth", progress, test)
+        self.model.train()
+        return test

@@ -27,6 +27,7 @@ from .rul import RUL
 _REGISTERED: tuple[type[Method], ...] = (MEK, CrossEntropy, EAC, Focal, LDAM, BalancedSoftmax, LogitAdjust, RUL, DAN,
                                            Face2Exp)
 METHODS: Registry[type[Method]] = Registry("method", error=MethodArgumentError)
+DEFAULT_METHOD = "mek"  # train.py's --method default
 for _cls in _REGISTERED:
     METHODS.add(_cls.name, _cls)
 
@@ -38,6 +39,28 @@ def register_method(cls: type[Method]) -> type[Method]:
 
 def get_method_class(name: str) -> type[Method]:
     return METHODS.lookup(name)
+
+
+def method_head(args: argparse.Namespace) -> str:
+    """The head of the run: ``--head``, or the method's own."""
+    return getattr(args, "head", None) or get_method_class(args.method).head
+
+
+def check_method_args(args: argparse.Namespace) -> None:
+    """The method's own checks, then whether its head fits it: a head it allows, and class
+    attention maps for an attention term that is switched on (``attention_flag``)."""
+    from models import HEADS
+
+    cls = get_method_class(args.method)
+    cls.check_args(args)
+    head = method_head(args)
+    if cls.allowed_heads is not None and head not in cls.allowed_heads:
+        raise MethodArgumentError(f"--method {args.method} cannot use --head {head}; it needs "
+                                  f"{' or '.join(cls.allowed_heads)}")
+    flag = getattr(cls, "attention_flag", None)
+    if flag and getattr(args, flag.lstrip("-").replace("-", "_"), 0) and not getattr(HEADS[head], "gives_maps", True):
+        raise MethodArgumentError(f"{flag} needs class attention maps, and --head {head} gives none "
+                                  "(use --head cam or norm-linear, or set it to 0)")
 
 
 def add_method_args(parser: argparse.ArgumentParser, name: str) -> None:
@@ -107,11 +130,14 @@ def make_method(name: str, counts: Sequence[int], steps_per_epoch: int = 1, tota
 
 
 __all__ = [
+    "DEFAULT_METHOD",
     "METHODS",
     "Method",
     "MethodArgumentError",
     "TrainSchedule",
     "add_method_args",
+    "check_method_args",
+    "method_head",
     "build_method",
     "check_foreign_flags",
     "get_method_class",

@@ -1,24 +1,33 @@
 """What a training method is: the seam between the engine and MEK, EAC, CE, the long-tail losses.
 
-A method owns
+Read this class first, then one method (``methods/ce.py`` is the shortest, ``methods/face2exp.py``
+the longest). A method owns
 - its command-line flags (``add_args``, one argparse group) and their checks (``check_args``);
-- the head it needs (``head``) and whether it needs attention maps;
-- its training step: forwards through the model and a dict of loss terms with the total
-  under ``"loss"`` (``training_step``);
-- per-step hooks (``set_step``: MEK's deferred start and ramp, LDAM's deferred re-weighting);
+- the head it needs (``head``, ``allowed_heads``);
+- its loss: forwards through the model and a dict of loss terms with the total under
+  ``"loss"`` (``training_step``), run under the engine's autocast; losses on ``.float()`` outputs;
+- its update (``train_step``): by default ``training_step`` then one update of the main
+  optimiser through the engine's :class:`engine.Stepper` (the codebase's only backward /
+  unscale / clip / step / scaler / non-finite sequence); a method with networks of its own
+  (Face2Exp) overrides it and updates each network through the same stepper;
+- per-step schedules (``set_step``: MEK's deferred start and ramp, LDAM's deferred
+  re-weighting, Face2Exp's teacher schedule);
+- what it builds once the run is (``setup``), e.g. a second network, its optimiser and schedule,
+  a data stream; the extra networks it evaluates and saves (``networks``); its training state
+  (``state_dict`` / ``load_state_dict``: its optimisers, centres, stream positions), which a
+  checkpoint carries beside the model, the main optimiser, the scaler, progress and RNG;
 - optional parameter groups (``param_groups``), e.g. a larger learning rate for a classifier;
 - its prediction rule at evaluation (``eval_logits``: post-hoc logit adjustment changes it);
 - the settings recorded in checkpoints (``settings``) and its log lines (``describe``).
 
-The engine keeps mixed precision, backward, clipping, the non-finite guard, DDP and progress.
-The training step runs under the engine's autocast; methods compute losses on ``.float()``
-outputs.
+The engine keeps mixed precision, the update sequence, the non-finite guard, DDP and progress;
+nothing in ``train.py`` or ``engine.py`` knows a method by name.
 """
 from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -35,9 +44,9 @@ class TrainSchedule:
 
 
 @dataclass
-class MethodContext:
-    """What train.py hands to ``Method.setup``: the run's flags and devices, the labelled data, and
-    builders that make a second network and optimiser exactly as the main ones are made."""
+class RunContext:
+    """What train.py hands to ``Method.setup``: the run's flags, devices and labelled data. A method
+    builds its own networks and optimisers from it with ``utils.build`` (as the main ones are)."""
 
     args: argparse.Namespace
     device: torch.device
@@ -45,10 +54,12 @@ class MethodContext:
     augment: Any  # data.transforms.AugmentConfig of the labelled stream
     model: nn.Module  # the main network, unwrapped (its parameters are those the main optimiser steps)
     train_set: Any
+    classes: list[str]
     steps_per_epoch: int
     train_steps: int  # the method's main stage (Method.split_budget), the main schedule's length
-    make_network: Callable[[str], tuple[nn.Module, nn.Module, dict]]  # backbone -> (module, wrapped, model_config)
-    make_optimizer: Callable[..., tuple[torch.optim.Optimizer, Any]]  # (module, lr) -> (optimiser, schedule)
+
+
+MethodContext = RunContext  # its name before the builders moved to utils/build.py
 
 
 class MethodArgumentError(ValueError):
@@ -78,61 +89,51 @@ class Method(nn.Module):
     def check_args(cls, args: argparse.Namespace) -> None:
         """Raise :class:`MethodArgumentError` naming the flag for an impossible value."""
 
-    # ---- training ------------------------------------------------------------------------
-    def set_step(self, step: int) -> None:
-        """Called by the engine before each optimiser step (a no-op unless the method has a schedule)."""
-
-    def training_step(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
-
-    def param_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]] | None:
-        """Optimiser parameter groups, or None for the default (one lr for every parameter)."""
-        return None
-
-    # ---- methods that train more than one network (teacher/student) ------------------------
-    # A method with ``manual_optimization = True`` runs its own backward passes and optimiser
-    # steps in ``manual_step`` (through ``engine.ManualUpdate``, which keeps the engine's mixed
-    # precision, clipping and non-finite guard); the engine still steps the main schedule, calls
-    # ``set_step`` and keeps progress. ``setup`` gives such a method what train.py built (it may
-    # build a second network, optimiser, schedule and data stream there); ``networks`` names the
-    # extra networks (evaluated and saved with the main model); ``extra_state`` /
-    # ``load_extra_state`` carry the rest of its training state (optimisers, stream positions)
-    # through checkpoints. The defaults do nothing, so a one-network method is unaffected.
-    manual_optimization: ClassVar[bool] = False
-
     @classmethod
     def split_budget(cls, args: argparse.Namespace, budget_steps: int, steps_per_epoch: int) -> tuple[int, int]:
         """(steps of the main stage, steps of a stage the method runs after it, e.g. fine-tuning) for a
         ``--steps``/``--epochs`` budget of ``budget_steps``. One-stage methods: the whole budget, 0."""
         return budget_steps, 0
 
-    def setup(self, context: Any) -> None:
+    def setup(self, context: RunContext) -> None:
         """Called once by train.py after the main model, optimiser and data are built."""
 
-    def manual_step(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
-                    scaler: Any, update: Any) -> dict[str, torch.Tensor] | None:
-        """One training step with the method's own updates: loss terms, or None if skipped (non-finite)."""
+    # ---- training ------------------------------------------------------------------------
+    def set_step(self, step: int) -> None:
+        """Called by the engine before each step (a no-op unless the method has a schedule)."""
+
+    def training_step(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def current_lr(self, optimizer: torch.optim.Optimizer) -> float:
-        """The learning rate of the step just taken, as logged and written to metrics.jsonl: the main
-        optimiser's, unless a later stage steps an optimiser of the method's own."""
-        return optimizer.param_groups[0]["lr"]
+    def train_step(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                   optimizer: torch.optim.Optimizer, scaler: Any, stepper: Any) -> dict[str, torch.Tensor] | None:
+        """One step: the loss terms of ``training_step`` under autocast, then one update of
+        ``optimizer`` (``stepper.update``); the terms, or None when skipped as non-finite."""
+        with stepper.autocast():
+            terms = self.training_step(model, images, labels)
+        if not stepper.update(terms["loss"], terms, optimizer, model.parameters(), scaler):
+            return None
+        return terms
 
-    def networks(self) -> dict[str, nn.Module]:
-        """Extra networks (name -> unwrapped module), evaluated and checkpointed beside the main model."""
+    def param_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]] | None:
+        """Optimiser parameter groups, or None for the default (one lr for every parameter)."""
+        return None
+
+    def networks(self) -> dict[str, tuple[nn.Module, dict]]:
+        """Extra networks: name -> (unwrapped module, its model config as a checkpoint's ``model_config``),
+        evaluated and saved beside the main model (``test.py --network NAME``)."""
         return {}
 
-    def network_configs(self) -> dict[str, dict]:
-        """Each extra network's model config (as train.py's ``model_config``), so test.py can rebuild it."""
+    # ---- state ---------------------------------------------------------------------------
+    # Not nn.Module's parameter dict: the method's *training* state beyond the main model and
+    # optimiser (its own optimisers, schedules' positions, centres, data streams), saved under a
+    # checkpoint's "extra" and restored on --resume. Networks listed by ``networks`` are saved
+    # (and restored) with their weights beside it.
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
         return {}
 
-    def extra_state(self) -> dict[str, Any]:
-        """Training state beyond the main model/optimiser (saved in checkpoints; {} = none)."""
-        return {}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        """Restore what ``extra_state`` returned."""
+    def load_state_dict(self, state: dict[str, Any], *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        """Restore what ``state_dict`` returned."""
 
     # ---- evaluation ----------------------------------------------------------------------
     def eval_logits(self, logits: torch.Tensor) -> torch.Tensor:

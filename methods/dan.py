@@ -107,15 +107,15 @@ class DAN(Method):
         out = forward_own_head(model, images, self.name, "dan", self.backbone)
         ce = F.cross_entropy(out.logits.float(), labels)
         affinity = affinity_loss(out.features.float(), labels, centers.float())
-        partition = partition_loss(out.head_features.float())
+        partition = partition_loss(out.extra("head_features").float())
         loss = ce + self.affinity_weight * affinity + self.partition_weight * partition
         return {"ce": ce, "affinity": affinity, "partition": partition, "loss": loss}
 
     # The centres are training state outside the model: carried through checkpoints.
-    def extra_state(self) -> dict[str, Any]:
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
         return {} if self.centers is None else {"centers": self.centers.detach().cpu()}
 
-    def load_extra_state(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
         saved = state.get("centers")
         if saved is None:
             return

@@ -31,6 +31,7 @@ class EAC(LogitLossMethod):
     name = "eac"
     paper = "Zhang et al., ECCV 2022"
     attention_term = "eac"
+    attention_flag = "--eac-lambda"
 
     @classmethod
     def add_args(cls, group: argparse._ArgumentGroup) -> None:

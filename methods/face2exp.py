@@ -70,7 +70,6 @@ class Face2Exp(Method):
     name = "face2exp"
     paper = "Zeng et al., CVPR 2022"
     head = "cam"  # average pooling + linear layer: the official ResNet-50 fc on pooled features
-    manual_optimization = True
 
     @classmethod
     def add_args(cls, group: argparse._ArgumentGroup) -> None:
@@ -139,18 +138,24 @@ class Face2Exp(Method):
         self._teacher_config: dict = {}
         self.stream = None
 
-    # ---- built by train.py's setup hook ---------------------------------------------------
+    # ---- what the method owns, built once the run is -----------------------------------------
     def setup(self, context: Any) -> None:
         from data.unlabeled import TwoViews, UnlabeledStream, unlabeled_dataset
+        from utils.build import build_network, build_run_optimizer, model_config
 
         args, aug = context.args, context.augment
         self.train_steps = context.train_steps
         self.device = context.device
         self.channels_last = bool(getattr(args, "channels_last", False))
-        teacher, self._teacher_run, self._teacher_config = context.make_network(args.teacher_backbone or args.backbone)
+        backbone, head = args.teacher_backbone or args.backbone, args.head or self.head
+        # The teacher: built, wrapped (DDP / compile) and optimised exactly as the main model is.
+        teacher, self._teacher_run, _ = build_network(args, backbone, head, len(context.classes), context.device,
+                                                      context.dist_info)
+        self._teacher_config = model_config(args, backbone, head, context.classes)
         self.teacher = teacher  # a submodule: moves with the method; saved through networks()
         teacher_lr = args.teacher_lr if args.teacher_lr is not None else args.lr
-        self.teacher_optimizer, self.teacher_scheduler = context.make_optimizer(teacher, teacher_lr)
+        self.teacher_optimizer, self.teacher_scheduler = build_run_optimizer(
+            args, teacher, teacher_lr, context.train_steps, context.steps_per_epoch)
         fp16 = getattr(args, "amp", "off") == "fp16"
         self.teacher_scaler = torch.amp.GradScaler("cuda") if fp16 else None
         self.finetune_scaler = torch.amp.GradScaler("cuda") if fp16 else None
@@ -165,13 +170,10 @@ class Face2Exp(Method):
         self.stream = UnlabeledStream(data, args.batch_size * self.mu, args.seed, info.rank, info.world_size,
                                       workers=args.workers, pin_memory=context.device.type == "cuda")
 
-    def networks(self) -> dict[str, nn.Module]:
-        return {"teacher": self.teacher} if self.teacher is not None else {}
+    def networks(self) -> dict[str, tuple[nn.Module, dict]]:
+        return {"teacher": (self.teacher, self._teacher_config)} if self.teacher is not None else {}
 
-    def network_configs(self) -> dict[str, dict]:
-        return {"teacher": self._teacher_config}
-
-    def extra_state(self) -> dict[str, Any]:
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
         if self.teacher is None:
             return {}
         return {"teacher_optimizer": self.teacher_optimizer.state_dict(),
@@ -180,7 +182,7 @@ class Face2Exp(Method):
                 "finetune_scaler": self.finetune_scaler.state_dict() if self.finetune_scaler else None,
                 "unlabeled_stream": self.stream.state_dict()}
 
-    def load_extra_state(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
         from utils.optim import load_optimizer_state
 
         load_optimizer_state(self.teacher_optimizer, state["teacher_optimizer"])
@@ -200,8 +202,9 @@ class Face2Exp(Method):
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         return images.to(self.device, non_blocking=True).contiguous(memory_format=memory_format)
 
-    def manual_step(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
-                    scaler: Any, update: Any) -> dict[str, torch.Tensor] | None:
+    def train_step(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
+                   scaler: Any, update: Any) -> dict[str, torch.Tensor] | None:
+        """The MPL stage (both networks, each through the engine's stepper), then fine-tuning."""
         if self.step >= self.train_steps:
             return self.finetune_step(model, images, labels, update)
         weak, strong = (self._to_device(v) for v in self.stream.next())
@@ -253,12 +256,6 @@ class Face2Exp(Method):
         if not update.update(loss, terms, self.finetune_optimizer, student.parameters(), self.finetune_scaler):
             return None
         return {"finetune": loss.detach(), "loss": loss.detach()}
-
-    def current_lr(self, optimizer: torch.optim.Optimizer) -> float:
-        # during fine-tuning the main schedule has run out (lr 0) and the fine-tuning SGD steps
-        if self.step >= self.train_steps:
-            return self.finetune_optimizer.param_groups[0]["lr"]
-        return optimizer.param_groups[0]["lr"]
 
     # ---- record --------------------------------------------------------------------------
     def settings(self) -> dict:

@@ -27,6 +27,7 @@ class LogitLossMethod(Method):
     """Subclasses implement ``classification_terms``; this class adds the attention term."""
 
     attention_term = "rac"  # name of the attention term in the logs
+    attention_flag = "--rac-weight"  # its weight's flag: non-zero needs a head with class attention maps
     default_rac_weight = 0.0
 
     @classmethod

@@ -168,7 +168,7 @@ class RUL(Method):
         head = own_head(model, self.name, RULHead)
         out = forward_own_head(model, images, self.name, "rul", self.backbone)
         partner = random_partner(images.shape[0], images.device)
-        mixed, _, _ = relative_uncertainty_mix(out.features.float(), out.uncertainty.float(), partner)
+        mixed, _, _ = relative_uncertainty_mix(out.features.float(), out.extra("uncertainty").float(), partner)
         logits = head.classifier(mixed).float()
         loss, ce_a, ce_b = add_up_loss(logits, labels, labels[partner], self.class_weights)
         return {"ce_own": ce_a, "ce_partner": ce_b, "loss": loss}

@@ -24,11 +24,27 @@ from .backbones import feature_map
 
 
 class ModelOutput(NamedTuple):
+    """What every head returns. Outputs only one head has travel in ``extras`` (name -> tensor):
+    the ``rul`` head's ``"uncertainty"`` (B,), training only; the ``dan`` head's
+    ``"head_features"`` (B, heads, C), its attention heads (log-softmax over heads)."""
+
     logits: torch.Tensor  # (B, K)
     attention_maps: torch.Tensor | None = None  # (B, K, H, W), only with with_maps=True
     features: torch.Tensor | None = None  # (B, C) pooled features (RUL's head: the feature mu)
-    uncertainty: torch.Tensor | None = None  # (B,) RUL's per-sample uncertainty, training only
-    head_features: torch.Tensor | None = None  # (B, heads, C) DAN's attention heads (log-softmax over heads)
+    extras: dict[str, torch.Tensor] | None = None  # head-specific outputs (docstring)
+
+    def extra(self, name: str) -> torch.Tensor | None:
+        """``extras[name]``, or None when the head gives no such output."""
+        return (self.extras or {}).get(name)
+
+    # Read-only names of two extras, for code written before ``extras``.
+    @property
+    def uncertainty(self) -> torch.Tensor | None:
+        return self.extra("uncertainty")
+
+    @property
+    def head_features(self) -> torch.Tensor | None:
+        return self.extra("head_features")
 
 
 HeadFactory = Callable[[int, int], nn.Module]
@@ -169,7 +185,7 @@ class RULHead(nn.Module):
         if not self.training:
             return ModelOutput(logits, None, mu)
         uncertainty = self.log_var(features).float().exp().mean(dim=1)
-        return ModelOutput(logits, None, mu, uncertainty=uncertainty)
+        return ModelOutput(logits, None, mu, {"uncertainty": uncertainty})
 
 
 class _DANSpatialAttention(nn.Module):
@@ -271,4 +287,4 @@ class DANHead(nn.Module):
         if heads.shape[1] > 1:
             heads = F.log_softmax(heads, dim=1)
         logits = self.bn(self.fc(heads.sum(dim=1)))
-        return ModelOutput(logits, None, features.mean(dim=(2, 3)), head_features=heads)
+        return ModelOutput(logits, None, features.mean(dim=(2, 3)), {"head_features": heads})

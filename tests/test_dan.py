@@ -106,9 +106,9 @@ def test_step_is_ce_plus_affinity_plus_partition_and_trains_one_centre_per_class
     assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
     terms["loss"].backward()
     assert method.centers.grad is not None and method.centers.grad.abs().sum() > 0
-    saved = method.extra_state()["centers"]
+    saved = method.state_dict()["centers"]
     restored = make_method("dan", [10, 30, 60])
-    restored.load_extra_state({"centers": saved})
+    restored.load_state_dict({"centers": saved})
     assert torch.equal(restored.centers.detach(), saved)
 
 

@@ -59,6 +59,30 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
+def prepare_output(args, main: bool) -> None:
+    """Refuse to clobber a run: an output dir with a checkpoint or metrics needs --resume or --overwrite."""
+    out = Path(args.output)
+    if args.resume == "auto":
+        args.resume = str(out / "last.pth") if (out / "last.pth").is_file() else None
+    holds_run = (out / "last.pth").exists() or ((out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").stat().st_size > 0)
+    if holds_run and not args.resume and not args.overwrite:
+        error_exit(f"--output {out} already holds a run; pass --resume auto to continue it or --overwrite to replace it")
+    if main:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            probe = out / ".write_test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            error_exit(f"--output {out} is not writable: {exc.strerror or exc}")
+
+
+def bad_images_line(log: Path) -> str:
+    """The summary line of ``--skip-bad-images``: how many images were skipped, and where they are listed."""
+    bad = sorted({line.split("\t")[0] for line in log.read_text().splitlines()}) if log.exists() else []
+    return f"skipped {len(bad)} unreadable images" + (f" (listed in {log})" if bad else "")
+
+
 def worker_error_message(exc: Exception) -> str:
     """The original message of an error re-raised from a DataLoader worker, without its traceback."""
     text = str(exc)
