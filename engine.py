@@ -20,7 +20,8 @@ from torch import nn
 from tqdm import tqdm
 
 from utils.distributed import all_gather_concat
-from utils.metrics import classification_metrics
+from data.label_modes import vote_counts
+from utils.metrics import evaluation_metrics
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -298,9 +299,14 @@ def predict(model: nn.Module, loader: Iterable, device: torch.device, amp: str =
 def evaluate(model: nn.Module, loader: Iterable, device: torch.device, num_classes: int, amp: str = "off",
              channels_last: bool = False, show_progress: bool = True,
              eval_logits: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:
-    """Overall, mean-class and per-class accuracy, macro-F1 and confusion matrix over the whole set."""
-    _, targets, predictions, _ = predict(model, loader, device, amp, channels_last, show_progress, eval_logits)
-    return classification_metrics(targets.tolist(), predictions.tolist(), num_classes)
+    """Overall, mean-class and per-class accuracy, macro-F1, confusion matrix and calibration (ECE)
+    over the whole set; with the annotators' votes (FERPlus) also the KL from the votes to the
+    predicted distribution and the votes' negative log-likelihood (``utils/metrics.py``)."""
+    indices, targets, predictions, probs = predict(model, loader, device, amp, channels_last, show_progress,
+                                                   eval_logits)
+    votes = vote_counts(getattr(loader, "dataset", None), num_classes)
+    return evaluation_metrics(targets.tolist(), predictions.tolist(), probs.cpu().numpy(), num_classes,
+                              None if votes is None else votes[indices.cpu().numpy()])
 
 
 class Evaluator:
