@@ -32,7 +32,7 @@ if __name__ == "__main__":
 import torch
 
 import engine
-from data import DatasetError
+from data import LABEL_MODES, DatasetError
 from data.loaders import augment_config, build_data, val_origin
 from data.transforms import NORMALISATIONS
 from losses.class_prior import ClassPrior
@@ -60,6 +60,7 @@ def get_args_parser(method: str = DEFAULT_METHOD) -> argparse.ArgumentParser:
     g.add_argument("--data-root", default=None, help="dataset root (default: dataset/raf-basic or dataset/demo)")
     g.add_argument("--label-file", default=None, help="alternative training label list, same format as RAF-DB's")
     g.add_argument("--num-classes", type=int, default=None, help="keep the first N canonical classes (e.g. 7 drops contempt)")
+    g.add_argument("--ferplus-labels", choices=LABEL_MODES, default="majority", help="FERPlus targets (docs/datasets.md)")
     g.add_argument("--img-size", type=int, default=224)
     g.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     g.add_argument("--cache-images", action="store_true", help="decode every image once into memory")
@@ -74,7 +75,7 @@ def get_args_parser(method: str = DEFAULT_METHOD) -> argparse.ArgumentParser:
                         "ferplus-private's FER2013Valid) chooses best.pth")
 
     g = p.add_argument_group("augmentation")
-    g.add_argument("--norm", choices=sorted(NORMALISATIONS), default="imagenet", help="mean/std: ImageNet or 0.5")
+    g.add_argument("--norm", choices=sorted(NORMALISATIONS), default=None, help="mean/std (default: the backbone's)")
     g.add_argument("--scale-min", type=float, default=1.0, help="random-resized-crop area minimum (1 = plain resize)")
     g.add_argument("--hflip", type=float, default=0.5)
     g.add_argument("--color-jitter", type=float, default=0.0, help="(ignored by timm when --auto-augment is set)")

@@ -16,6 +16,7 @@ from .classes import CANONICAL_CLASSES
 from .errors import BadImageError, DatasetError
 from .ferplus import ferplus_private_samples, ferplus_samples
 from .folder import EVAL_SPLIT_NAMES, folder_samples
+from .label_modes import LABEL_MODES
 from .raf_db import raf_db_samples
 from utils.registry import Registry
 
@@ -108,6 +109,7 @@ __all__ = [
     "DEFAULT_ROOTS",
     "DatasetError",
     "ImageListDataset",
+    "LABEL_MODES",
     "Sample",
     "build_dataset",
     "load_rgb",

@@ -19,7 +19,8 @@ from .base import ImageListDataset
 from .errors import DatasetError
 from .sampler import ResumableSampler, ShardSampler
 from .split import split_record, stratified_holdout
-from .transforms import NORMALISATIONS, AugmentConfig, build_eval_transform, build_train_transform
+from .label_modes import apply_label_mode
+from .transforms import NORMALISATIONS, default_norm, AugmentConfig, build_eval_transform, build_train_transform
 
 
 class RunData(NamedTuple):
@@ -43,7 +44,9 @@ def augment_config(args: argparse.Namespace) -> AugmentConfig:
 
 
 def build_data(args: argparse.Namespace, dist_info) -> RunData:
-    """The run's datasets and loaders from its flags (``args.data_root`` and ``args.val_record`` are set)."""
+    """The run's datasets and loaders from its flags (``args.data_root``, ``args.val_record`` and, when
+    not given, ``args.norm`` (the backbone's input convention) are set)."""
+    args.norm = args.norm or default_norm(args.backbone)
     aug = augment_config(args)
     DATASETS.lookup(args.dataset)  # DatasetError naming the known datasets
     root = args.data_root or DEFAULT_ROOTS.get(args.dataset)
@@ -56,6 +59,8 @@ def build_data(args: argparse.Namespace, dist_info) -> RunData:
     if test_set.classes != train_set.classes:
         raise DatasetError(f"train and test classes differ: {train_set.classes} vs {test_set.classes}")
     train_set, val_set, args.val_record = build_val_split(args, root, train_set, build_eval_transform(aug), common)
+    # FERPlus's label modes change the training targets only (after the split: validation keeps majority labels).
+    train_set = apply_label_mode(train_set, getattr(args, "ferplus_labels", "majority"))
     if args.skip_bad_images and not args.dry_run:
         train_set.bad_image_log = test_set.bad_image_log = Path(args.output) / "bad_images.tsv"
         if val_set is not None:

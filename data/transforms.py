@@ -29,6 +29,12 @@ NORMALISATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 }
 
 
+def default_norm(backbone: str) -> str:
+    """``--norm`` when none is given: the input convention the backbone's pretrained weights expect
+    (dlib's for the dlib face-recognition ResNets), else ImageNet's."""
+    return "dlib" if backbone.startswith("dlib_resnet") else "imagenet"
+
+
 def safe_posterize(img: Image.Image, bits_to_keep: int, **_) -> Image.Image:
     """Posterize as Pillow < 13 did: >= 8 bits is a no-op, <= 0 bits gives zeros."""
     if bits_to_keep >= 8:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Iterable, Sequence
 
+from data.label_modes import SOFT_MODES
 from losses.class_prior import ClassPrior
 from utils.registry import Registry
 
@@ -53,6 +54,10 @@ def check_method_args(args: argparse.Namespace) -> None:
 
     cls = get_method_class(args.method)
     cls.check_args(args)
+    labels = getattr(args, "ferplus_labels", "majority")
+    if labels in SOFT_MODES and not cls.takes_target_distributions:
+        raise MethodArgumentError(f"--ferplus-labels {labels} trains on target distributions, which only --method ce takes; "
+                                  f"--method {args.method} needs class labels (majority or draw)")
     head = method_head(args)
     if cls.allowed_heads is not None and head not in cls.allowed_heads:
         raise MethodArgumentError(f"--method {args.method} cannot use --head {head}; it needs "
@@ -119,13 +124,14 @@ def method_from_config(config: dict, counts: Iterable[int] | None = None) -> Met
 
 
 def make_method(name: str, counts: Sequence[int], steps_per_epoch: int = 1, total_steps: int = 1,
-                flip_forward: str = "two-pass", **flags) -> Method:
-    """A method with its default flags except ``flags`` (for tests, benchmarks and notebooks)."""
+                flip_forward: str = "two-pass", ferplus_labels: str = "majority", **flags) -> Method:
+    """A method with its default flags except ``flags`` (for tests, benchmarks and notebooks);
+    ``ferplus_labels`` is the data's label mode (``--ferplus-labels``)."""
     values = method_defaults(name)
     unknown = set(flags) - set(values)
     if unknown:
         raise MethodArgumentError(f"method {name} has no flag(s) {', '.join(sorted(unknown))}")
-    args = argparse.Namespace(**{**values, **flags}, flip_forward=flip_forward)
+    args = argparse.Namespace(**{**values, **flags}, flip_forward=flip_forward, ferplus_labels=ferplus_labels)
     return build_method(name, args, ClassPrior.from_counts(counts), TrainSchedule(steps_per_epoch, total_steps))
 
 

@@ -3,7 +3,8 @@
 Read this class first, then one method (``methods/ce.py`` is the shortest, ``methods/face2exp.py``
 the longest). A method owns
 - its command-line flags (``add_args``, one argparse group) and their checks (``check_args``);
-- the head it needs (``head``, ``allowed_heads``);
+- the head it needs (``head``, ``allowed_heads``) and whether it takes target distributions
+  (``takes_target_distributions``: FERPlus's soft and multi-target label modes);
 - its loss: forwards through the model and a dict of loss terms with the total under
   ``"loss"`` (``training_step``), run under the engine's autocast; losses on ``.float()`` outputs;
 - its update (``train_step``): by default ``training_step`` then one update of the main
@@ -73,6 +74,9 @@ class Method(nn.Module):
     paper: ClassVar[str] = ""
     head: ClassVar[str] = "cam"  # the head the method needs (``--head`` may override where allowed)
     allowed_heads: ClassVar[tuple[str, ...] | None] = None  # None: any head
+    # Whether ``training_step`` takes (B, K) target distributions as ``labels`` (FERPlus's
+    # ``--ferplus-labels soft / multi-target``); other methods get class indices only.
+    takes_target_distributions: ClassVar[bool] = False
 
     def __init__(self, args: argparse.Namespace, prior: ClassPrior, schedule: TrainSchedule) -> None:
         super().__init__()

@@ -5,6 +5,10 @@ Effective Number of Samples", CVPR 2019) and optionally with MEK's attention ter
     CB-CE(z, y) = -a_y log softmax(z)_y,  a_k = (1 - beta) / (1 - beta^n_k), sum_k a_k = K
 
 ``--method ce`` gives the same numbers as ``--method mek --rsl-eps 0 --rac-weight 0``.
+
+On FERPlus's vote distributions (``--ferplus-labels soft`` / ``multi-target``, ``data/label_modes.py``)
+the targets are (B, K) distributions and the loss is the paper's for that mode
+(``losses/soft_targets.py``): soft CE ``-sum_k q_k log p_k`` or ``-log max_k t_k p_k``.
 """
 from __future__ import annotations
 
@@ -14,8 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from losses.class_prior import ClassPrior
+from losses.soft_targets import multi_target_loss, soft_target_cross_entropy
 
-from .base import TrainSchedule, in_range
+from .base import MethodArgumentError, TrainSchedule, in_range
 from .logit_loss import LogitLossMethod
 
 
@@ -28,6 +33,7 @@ def add_class_balanced_arg(group: argparse._ArgumentGroup) -> None:
 class CrossEntropy(LogitLossMethod):
     name = "ce"
     paper = "cross-entropy baseline"
+    takes_target_distributions = True
 
     @classmethod
     def add_args(cls, group: argparse._ArgumentGroup) -> None:
@@ -38,14 +44,23 @@ class CrossEntropy(LogitLossMethod):
     def check_args(cls, args: argparse.Namespace) -> None:
         super().check_args(args)
         in_range(args, "--cb-beta", 0.0, 1.0, high_open=True)
+        labels = getattr(args, "ferplus_labels", "majority")
+        if args.cb_beta is not None and labels in ("soft", "multi-target"):
+            raise MethodArgumentError(f"--cb-beta weights samples by their class, and --ferplus-labels {labels} gives "
+                                      "distributions, not classes; use one of them")
 
     def __init__(self, args: argparse.Namespace, prior: ClassPrior, schedule: TrainSchedule) -> None:
         super().__init__(args, prior, schedule)
         self.cb_beta = args.cb_beta
+        self.target_mode = getattr(args, "ferplus_labels", "majority")
         self.register_buffer("sample_class_weights",
                              None if args.cb_beta is None else prior.effective_number_weights(args.cb_beta))
 
     def classification_terms(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        if labels.is_floating_point():  # (B, K) target distributions
+            if self.target_mode == "multi-target":
+                return {"ce": multi_target_loss(logits, labels)}
+            return {"ce": soft_target_cross_entropy(logits, labels)}
         if self.sample_class_weights is None:
             return {"ce": F.cross_entropy(logits, labels)}
         per_sample = F.cross_entropy(logits, labels, reduction="none")

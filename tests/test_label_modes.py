@@ -161,3 +161,51 @@ def test_training_on_ferplus_records_the_distribution_metrics(tmp_path):
     metrics = test_script.cli([str(out / "last.pth"), "--workers", "0", "--no-progress", "--out-dir", str(tmp_path)])
     for key in ("vote_kl", "vote_nll", "ece"):
         assert metrics[key] == pytest.approx(record[key], rel=1e-9), key
+
+
+@pytest.mark.parametrize("mode", ["draw", "soft", "multi-target"])
+def test_train_py_trains_with_each_label_mode_and_records_it(tmp_path, mode):
+    import json
+
+    import train
+
+    root = make_ferplus(tmp_path / "ferplus")
+    out = tmp_path / mode
+    train.cli(["--dataset", "ferplus", "--data-root", str(root), "--img-size", "32", "--batch-size", "4",
+               "--workers", "0", "--steps", "2", "--no-progress", "--method", "ce", "--ferplus-labels", mode,
+               "--output", str(out)])
+    assert json.loads((out / "config.json").read_text())["ferplus_labels"] == mode
+    assert (out / "last.pth").is_file()
+
+
+def test_soft_targets_reach_ces_loss_as_distributions():
+    import methods
+
+    logits = torch.tensor([[0.0, math.log(3.0)], [0.0, 0.0]])
+    q = torch.tensor([[0.5, 0.5], [1.0, 0.0]])
+    x = logits[:, :, None, None]
+    from test_methods import MapsModel
+
+    soft = methods.make_method("ce", [3, 1], ferplus_labels="soft").training_step(MapsModel(), x, q)
+    assert soft["ce"].item() == pytest.approx(soft_target_cross_entropy(logits, q).item(), rel=1e-6)
+    t = (1 - MULTI_TARGET_EPSILON) * (q > 0).float() + MULTI_TARGET_EPSILON
+    multi = methods.make_method("ce", [3, 1], ferplus_labels="multi-target").training_step(MapsModel(), x, t)
+    assert multi["ce"].item() == pytest.approx(multi_target_loss(logits, t).item(), rel=1e-6)
+    assert multi["ce"].item() != pytest.approx(soft["ce"].item(), rel=1e-3)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--method", "mek", "--ferplus-labels", "soft"],
+     "--ferplus-labels soft trains on target distributions, which only --method ce takes; --method mek needs class labels"),
+    (["--method", "ce", "--ferplus-labels", "multi-target", "--cb-beta", "0.9"],
+     "--cb-beta weights samples by their class, and --ferplus-labels multi-target gives distributions"),
+])
+def test_label_modes_that_a_method_cannot_take_are_refused_in_one_line(tmp_path, capsys, flags, message):
+    import train
+
+    root = make_ferplus(tmp_path / "ferplus")
+    with pytest.raises(SystemExit) as exc:
+        train.cli(["--dataset", "ferplus", "--data-root", str(root), "--img-size", "32", "--batch-size", "4",
+                   "--workers", "0", "--steps", "2", "--output", str(tmp_path / "out"), *flags])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err

@@ -33,3 +33,17 @@ def test_dlib_normalisation_is_dlibs_input_layer():
     assert (mean, std) == DLIB_NORM
     for channel, avg in enumerate((122.782, 117.001, 104.298)):
         assert (200 / 255 - mean[channel]) / std[channel] == pytest.approx((200 - avg) / 256, rel=1e-12)
+
+
+def test_norm_defaults_to_the_backbones_input_convention(tmp_path, demo_root):
+    import json
+
+    import train
+
+    for backbone, expected, extra in (("dlib_resnet", "dlib", []), ("resnet18", "imagenet", []),
+                                      ("dlib_resnet", "half", ["--norm", "half"])):
+        out = tmp_path / f"{backbone}{len(extra)}"
+        train.cli(["--dataset", "demo", "--data-root", str(demo_root), "--backbone", backbone, "--img-size", "32",
+                   "--batch-size", "8", "--workers", "0", "--steps", "1", "--no-progress", "--output", str(out), *extra])
+        config = json.loads((out / "config.json").read_text())
+        assert config["norm"] == expected, backbone
