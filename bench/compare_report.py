@@ -320,6 +320,24 @@ def write_figures(out: Path, rows: list[dict], arms: list[Arm]) -> None:
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     _save(fig, out / "mean_acc_curves.png")
+    # Time to accuracy: test accuracy against the run's training wall clock (metrics.jsonl's "time",
+    # seconds since that process started; a resumed run's clock restarts, marked "(resumed)").
+    fig = Figure(figsize=(11, 4.2))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
+    for j, arm in enumerate(arms):
+        for r in [r for r in rows if r["arm"] == arm.name and all("time" in e for e in r["evals"])]:
+            minutes = [e["time"] / 60 for e in r["evals"]]
+            resumed = any(b < a for a, b in zip(minutes, minutes[1:]))
+            for ax, key in zip(axes, ("overall_acc", "mean_acc")):
+                ax.plot(minutes, [e[key] * 100 for e in r["evals"]], color=f"C{j % 10}", marker=".",
+                        label=f"{arm.name} s{r['seed']}" + (" (resumed)" if resumed else ""))
+    for ax, what in zip(axes, ("overall accuracy", "mean class accuracy")):
+        ax.set(xlabel="training wall clock (minutes)", ylabel=f"{what} (%)", title=f"Test {what} against time")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, out / "time_to_accuracy.png")
 
 
 def _save(fig, path: Path) -> None:

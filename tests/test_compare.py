@@ -77,7 +77,7 @@ def test_compare_runs_skips_and_reports(demo_root, tmp_path):
         cells = " | ".join(f"{r['overall_acc'] * 100:.1f} / {r['mean_acc'] * 100:.1f}"
                            for r in map(json.loads, (run_dir / "metrics.jsonl").open()))
         assert f"| {arm} | {seed} | {cells} |" in md
-    for name in ("per_class_recall.png", "mean_acc_curves.png"):
+    for name in ("per_class_recall.png", "mean_acc_curves.png", "time_to_accuracy.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
