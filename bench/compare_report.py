@@ -322,11 +322,14 @@ def write_figures(out: Path, rows: list[dict], arms: list[Arm]) -> None:
     _save(fig, out / "mean_acc_curves.png")
     # Time to accuracy: test accuracy against the run's training wall clock (metrics.jsonl's "time",
     # seconds since that process started; a resumed run's clock restarts, marked "(resumed)").
+    timed = [r for r in rows if all("time" in e for e in r["evals"])]
+    if not timed:
+        return
     fig = Figure(figsize=(11, 4.2))
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2)
     for j, arm in enumerate(arms):
-        for r in [r for r in rows if r["arm"] == arm.name and all("time" in e for e in r["evals"])]:
+        for r in [r for r in timed if r["arm"] == arm.name]:
             minutes = [e["time"] / 60 for e in r["evals"]]
             resumed = any(b < a for a, b in zip(minutes, minutes[1:]))
             for ax, key in zip(axes, ("overall_acc", "mean_acc")):
