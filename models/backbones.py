@@ -13,20 +13,15 @@ import timm
 import torch
 from torch import nn
 
+from utils.registry import Registry
+
 BackboneFactory = Callable[..., nn.Module]
-BACKBONES: dict[str, BackboneFactory] = {}
+BACKBONES: Registry[BackboneFactory] = Registry("backbone")
 
 
 def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]:
     """Register ``factory(img_size: int, **kwargs) -> timm model`` under ``name``."""
-
-    def decorator(factory: BackboneFactory) -> BackboneFactory:
-        if name in BACKBONES:
-            raise ValueError(f"backbone {name!r} is registered twice")
-        BACKBONES[name] = factory
-        return factory
-
-    return decorator
+    return BACKBONES.register(name)
 
 
 def _timm_feature_model(timm_name: str, **kwargs) -> nn.Module:

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from utils.registry import Registry
+
 from .backbones import feature_map
 
 
@@ -48,25 +50,16 @@ class ModelOutput(NamedTuple):
 
 
 HeadFactory = Callable[[int, int], nn.Module]
-HEADS: dict[str, HeadFactory] = {}
+HEADS: Registry[HeadFactory] = Registry("head")
 
 
 def register_head(name: str) -> Callable[[HeadFactory], HeadFactory]:
     """Register ``factory(num_features, num_classes) -> head module`` under ``name``."""
-
-    def decorator(factory: HeadFactory) -> HeadFactory:
-        if name in HEADS:
-            raise ValueError(f"head {name!r} is registered twice")
-        HEADS[name] = factory
-        return factory
-
-    return decorator
+    return HEADS.register(name)
 
 
 def build_head(name: str, num_features: int, num_classes: int) -> nn.Module:
-    if name not in HEADS:
-        raise ValueError(f"--head {name!r} is unknown; choose from {', '.join(sorted(HEADS))}")
-    return HEADS[name](num_features, num_classes)
+    return HEADS.lookup(name)(num_features, num_classes)
 
 
 @register_head("cam")

@@ -1,4 +1,4 @@
-"""The one registry helper (utils/registry.py) behind datasets and methods, and imports pointing down."""
+"""The one registry helper (utils/registry.py) behind backbones, heads, datasets and methods, and imports pointing down."""
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +34,17 @@ def test_datasets_and_methods_use_it():
         DATASETS.lookup("nope")
     with pytest.raises(MethodArgumentError, match="--method 'nope' is unknown; choose from "):
         METHODS.lookup("nope")
+
+
+def test_backbones_and_heads_use_it():
+    from models import BACKBONES, HEADS, build_head, register_backbone
+
+    assert isinstance(BACKBONES, Registry) and isinstance(HEADS, Registry)
+    assert {"resnet18", "swin_t", "dlib_resnet"} <= set(BACKBONES) and {"cam", "rul", "dan"} <= set(HEADS)
+    with pytest.raises(ValueError, match="--head 'nope' is unknown; choose from cam, dan, norm-linear, rul"):
+        build_head("nope", 8, 2)
+    with pytest.raises(ValueError, match="backbone 'resnet18' is registered twice"):
+        register_backbone("resnet18")(lambda img_size: None)
 
 
 def test_tools_and_utils_never_import_train():
