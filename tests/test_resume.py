@@ -213,13 +213,10 @@ def test_empty_class_stops_training_with_a_clear_message(tmp_path, capsys):
     assert "anger have no training samples" in capsys.readouterr().err
 
 
-def test_sigterm_saves_the_step_in_flight_and_resume_matches_uninterrupted_run(reference_run, demo_root, tmp_path):
-    # A scheduler's SIGTERM (or Ctrl-C's SIGINT) finishes the current step, writes last.pth at that
-    # step (not only at the last --save-interval multiple) and exits 128 + 15.
-    output = tmp_path / "stopped"
-    run = [flag for flag in with_flag(RUN, "--save-interval", "100") if flag != "--no-progress"]
-    command = [sys.executable, "train.py", *run, "--log-interval", "1",
-               "--data-root", str(demo_root), "--output", str(output)]
+def sigterm_at_step_two_then_resume(command: list[str], output: Path) -> tuple[int, str, str]:
+    """Run ``command`` (a train.py with ``--log-interval 1``), SIGTERM it once it logs step 2, check
+    it saved that step and exited 128 + 15, resume it with ``--resume auto`` from that step; return
+    (the step it stopped at, the stopped run's stdout, the resumed run's stdout)."""
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})  # each progress line as it is written
     for line in process.stdout:
@@ -229,9 +226,21 @@ def test_sigterm_saves_the_step_in_flight_and_resume_matches_uninterrupted_run(r
     out, err = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM, err[-2000:]
     stopped_at = torch.load(output / "last.pth", map_location="cpu", weights_only=True)["progress"]["step"]
-    assert 2 <= stopped_at < 16  # no periodic save before step 100: this checkpoint is the signal's
-    assert f"stopped by SIGTERM at step {stopped_at}; last.pth holds that step" in out
+    assert stopped_at >= 2
     resumed = subprocess.run([*command, "--resume", "auto"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"at epoch {stopped_at // 8}, step {stopped_at}" in resumed.stdout
+    return stopped_at, out, resumed.stdout
+
+
+def test_sigterm_saves_the_step_in_flight_and_resume_matches_uninterrupted_run(reference_run, demo_root, tmp_path):
+    # A scheduler's SIGTERM (or Ctrl-C's SIGINT) finishes the current step, writes last.pth at that
+    # step (not only at the last --save-interval multiple) and exits 128 + 15.
+    output = tmp_path / "stopped"
+    run = [flag for flag in with_flag(RUN, "--save-interval", "100") if flag != "--no-progress"]
+    command = [sys.executable, "train.py", *run, "--log-interval", "1",
+               "--data-root", str(demo_root), "--output", str(output)]
+    stopped_at, out, resumed = sigterm_at_step_two_then_resume(command, output)
+    assert stopped_at < 16  # no periodic save before step 100: this checkpoint is the signal's
+    assert f"stopped by SIGTERM at step {stopped_at}; last.pth holds that step" in out
+    assert f"at epoch {stopped_at // 8}, step {stopped_at}" in resumed
     _assert_same_run(reference_run, output)

@@ -192,33 +192,18 @@ def test_sigterm_and_resume_of_rul_matches_the_uninterrupted_run(demo_root, tmp_
     # a resumed run only matches the uninterrupted one when train.py restores that generator from
     # last.pth. MEK and Face2Exp draw nothing after the first step, so their resume tests cannot
     # tell.
-    import os
-    import signal
-    import subprocess
     import sys
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
+    from test_resume import sigterm_at_step_two_then_resume
+
     run = ["--method", "rul", "--dataset", "demo", "--data-root", str(demo_root), "--img-size", "32",
            "--batch-size", "16", "--workers", "0", "--opt", "adam", "--lr", "1e-3", "--steps", "6",
            "--eval-interval", "3", "--save-interval", "100", "--seed", "3", "--log-interval", "1"]
     train.cli([*run, "--no-progress", "--output", str(tmp_path / "reference")])
-
     stopped = tmp_path / "stopped"
-    command = [sys.executable, "train.py", *run, "--output", str(stopped)]
-    process = subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    for line in process.stdout:
-        if line.startswith("train 0 step 2 "):
-            process.send_signal(signal.SIGTERM)
-            break
-    out, err = process.communicate(timeout=120)
-    assert process.returncode == 128 + signal.SIGTERM, err[-2000:]
-    stopped_at = torch.load(stopped / "last.pth", map_location="cpu", weights_only=True)["progress"]["step"]
-    assert 2 <= stopped_at < 6
-    resumed = subprocess.run([*command, "--resume", "auto"], cwd=root, capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"step {stopped_at}" in resumed.stdout
+    stopped_at, _, resumed = sigterm_at_step_two_then_resume([sys.executable, "train.py", *run, "--output", str(stopped)],
+                                                             stopped)
+    assert stopped_at < 6 and f"step {stopped_at}" in resumed  # resumed mid-run
 
     a = torch.load(tmp_path / "reference" / "last.pth", map_location="cpu", weights_only=True)["model"]
     b = torch.load(stopped / "last.pth", map_location="cpu", weights_only=True)["model"]
