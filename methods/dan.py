@@ -20,7 +20,7 @@ fc + BN1d to the logits. The loss (official weights 1 and 1):
 Official recipes: RAF-DB, SGD (plain momentum 0.9) lr 0.1, weight decay 1e-4 on everything,
 x0.1 every 10 epochs, 40 epochs, batch 256 (``sh train_exp.sh dan``); AffectNet, Adam lr 1e-4, no
 weight decay, x0.6 per epoch, 40 epochs, batch 256, class-balanced sampling
-(``sh train_exp.sh dan-affectnet``; see the README for what differs here).
+(``sh train_exp.sh dan-affectnet``; see docs/methods.md for what differs here).
 
 BatchNorm1d layers in the head need batches of at least 2 in training: batch 1 is refused. The
 head has no class attention maps, so ``--rac-weight`` is refused.

@@ -12,7 +12,7 @@ Erasing and flipping: in the official clean-label run the flipped view is the mi
 already erased tensor (``RandomHorizontalFlip(p=1)`` after the transform), which is what this
 step does (the mirror is taken inside the step). The official noisy-label branch instead
 transforms the flipped raw image separately (an independent erasing box); that variant is
-not reproduced here and the difference is noted in the README.
+not reproduced here and the difference is noted in docs/methods.md.
 """
 from __future__ import annotations
 

@@ -104,5 +104,5 @@ class MEK(LogitLossMethod):
                 f"warning: RSL gives {prior.classes[top]} the most target mass ({mass[top] * 100:.1f}%) although it is "
                 f"{prior.counts[top] / prior.total * 100:.1f}% of the images; the head may over-predict it "
                 "(consider --class-weight-power 0.5, --rsl-class-weight-power 0.5 or a smaller --rsl-eps; "
-                "see README, FER2013)")
+                "see docs/results.md, FER2013)")
         return lines
