@@ -1,4 +1,5 @@
-"""Every recipe of train_exp.sh runs two steps on CPU on a tiny generated RAF-DB-layout dataset.
+"""Every recipe of train_exp.sh runs two steps on CPU on a tiny generated RAF-DB-layout dataset
+(the FERPlus recipes on a tiny generated FERPlus release).
 
 The recipe's flags come first and the test's overrides last (train.py keeps the last value), so
 config.json shows both: the recipe's optimisation and method settings, and the short run.
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_raf_db
+from conftest import make_raf_db, write_image
 from utils.logging import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,8 +94,16 @@ RECIPES = {
     "ce-dlib": ({**DLIB, **CE}, ["--img-size", "64"]),
     "mek-dlib": ({**DLIB, **MEK}, ["--img-size", "64"]),
 }
+# The same backbone on FERPlus: bench/ferplus.sh's ce-dlib arm (its comment: 112 px, AdamW 5e-4, weight decay
+# 1e-4, cosine after 200 warmup steps, batch 64, 10 epochs, evaluations every 195 steps, majority labels).
+DLIB_FERPLUS = {
+    "backbone": "dlib_resnet", "pretrained": "dlib", "norm": "dlib", "img_size": 112, "opt": "adamw", "lr": 5e-4,
+    "weight_decay": 1e-4, "sched": "cosine", "warmup_steps": 200, "epochs": 10, "cache_images": True,
+    "ferplus_labels": "majority", "hflip": 0.5, "reprob": 0.25,
+}
+FERPLUS_RECIPES = {"ce-dlib-ferplus": {**DLIB_FERPLUS, **CE}, "mek-dlib-ferplus": {**DLIB_FERPLUS, **MEK}}
 # The dlib recipes load the .dat of face-recognition-models (requirements.txt); skipped without it.
-NEEDS_DLIB_WEIGHTS = {"ce-dlib", "mek-dlib"}
+NEEDS_DLIB_WEIGHTS = {"ce-dlib", "mek-dlib", *FERPLUS_RECIPES}
 # Swin-T at the recipe's 112 px is the slow part on CPU (a run takes 15-45 s on 2 shared cores).
 # swin runs always; swin-ce differs from it only by the CE flags and runs with RUN_SLOW=1.
 SLOW = {"swin-ce"}
@@ -109,17 +118,14 @@ def raf_root(tmp_path_factory) -> Path:
 
 
 def run_recipe(recipe: str, env_extra: dict[str, str], *extra: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("NGPUS", "NNODES", "DEMO_ROOT", "DATA_ROOT")}
+    env = {k: v for k, v in os.environ.items() if k not in ("NGPUS", "NNODES", "DEMO_ROOT", "DATA_ROOT", "FERPLUS_ROOT")}
     # CPU even on a GPU machine; an empty CUDA_VISIBLE_DEVICES also spares the script its CUDA probe.
     env.update({"PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": "", **env_extra})
     return subprocess.run(["sh", "train_exp.sh", recipe, *extra], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.parametrize("recipe", list(RECIPES))
-def test_recipe_runs_two_steps(recipe, raf_root, tmp_path):
-    if recipe in SLOW and os.environ.get("RUN_SLOW") != "1":
-        pytest.skip("a second Swin-T run at 112 px; set RUN_SLOW=1 to run it")
+def skip_without_dlib_weights(recipe: str) -> None:
     if recipe in NEEDS_DLIB_WEIGHTS:
         from models.dlib_resnet import DlibFileError, packaged_model_path
 
@@ -127,6 +133,13 @@ def test_recipe_runs_two_steps(recipe, raf_root, tmp_path):
             packaged_model_path()
         except DlibFileError as err:
             pytest.skip(str(err))
+
+
+@pytest.mark.parametrize("recipe", list(RECIPES))
+def test_recipe_runs_two_steps(recipe, raf_root, tmp_path):
+    if recipe in SLOW and os.environ.get("RUN_SLOW") != "1":
+        pytest.skip("a second Swin-T run at 112 px; set RUN_SLOW=1 to run it")
+    skip_without_dlib_weights(recipe)
     expected, overrides = RECIPES[recipe]
     output = tmp_path / "out"
     env = {"DATA_ROOT": str(raf_root), "DEMO_ROOT": str(raf_root), "OUTPUT": str(output)}
@@ -151,8 +164,57 @@ def test_recipe_runs_two_steps(recipe, raf_root, tmp_path):
     assert config["data_root"] == str(raf_root) and config["steps"] == 2 and config["batch_size"] == 4
     assert config["eval_batch_size"] == 8 and config["workers"] == 0
     assert config["classes"] == ["surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral"]
-    if recipe in NEEDS_DLIB_WEIGHTS:  # dlib's normalisation once train.py has it, else the nearest older one
-        assert config["norm"] == ("dlib" if "--norm dlib" in result.stdout else "half")
+    if recipe in NEEDS_DLIB_WEIGHTS:
+        assert config["norm"] == "dlib"
+
+
+FERPLUS_HEADER = "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"
+
+
+def make_ferplus_release(root: Path, with_private_test: bool) -> Path:
+    """Microsoft's layout: fer2013new.csv, 10 training faces per class (10% of them: 1 held out per class) and 1
+        PublicTest (and PrivateTest) face per class, each face's 10 votes on its class."""
+    lines, index = [FERPLUS_HEADER], 0
+    for usage, folder, per_class in (("Training", "FER2013Train", 10), ("PublicTest", "FER2013Valid", 1),
+                                     ("PrivateTest", "FER2013Test", 1 if with_private_test else 0)):
+        for column in range(8):
+            for _ in range(per_class):
+                name = f"fer{index:07d}.png"
+                lines.append(f"{usage},{name}," + ",".join("10" if j == column else "0" for j in range(10)))
+                write_image(root / folder / name, size=48, seed=index, mode="L")
+                index += 1
+    (root / "fer2013new.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.mark.parametrize("recipe,with_private_test", [("ce-dlib-ferplus", False), ("mek-dlib-ferplus", True)])
+def test_ferplus_recipe_runs_two_steps_under_its_protocol(recipe, with_private_test, tmp_path):
+    """Without FER2013Test: this machine's protocol (10% of FER2013Train chooses best.pth, PublicTest reports);
+    with it: the official one (PublicTest chooses, PrivateTest reports)."""
+    skip_without_dlib_weights(recipe)
+    root = make_ferplus_release(tmp_path / "ferplus", with_private_test)
+    output = tmp_path / "out"
+    result = run_recipe(recipe, {"FERPLUS_ROOT": str(root), "OUTPUT": str(output)}, *SHORT, "--img-size", "64")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for checkpoint in output.glob("*.pth"):
+        checkpoint.unlink()
+    config = json.loads((output / "config.json").read_text())
+    expected = {k: v for k, v in FERPLUS_RECIPES[recipe].items() if k != "img_size"}
+    assert {key: config[key] for key in expected} == expected and config["img_size"] == 64
+    assert config["data_root"] == str(root) and config["steps"] == 2
+    assert config["classes"][-1] == "contempt" and len(config["classes"]) == 8
+    if with_private_test:
+        assert config["dataset"] == "ferplus-private" and config["val_split"] == "official"
+        assert config["val_fraction"] is None and "this machine's protocol" not in result.stderr
+    else:
+        assert config["dataset"] == "ferplus" and config["val_fraction"] == 0.1 and config["val_split"] is None
+        assert "this machine's protocol" in result.stderr
+    assert read_metrics(output / "metrics.jsonl")[-1]["selected_on"] == "val"
+
+
+def test_ferplus_recipe_without_dataset_explains_what_to_do(tmp_path):
+    result = run_recipe("ce-dlib-ferplus", {"FERPLUS_ROOT": str(tmp_path / "missing")})
+    assert result.returncode == 2 and "FERPlus not found" in result.stderr and "FERPLUS_ROOT=" in result.stderr
 
 
 @pytest.mark.parametrize("recipe", ["swin", "ce-r18"])
