@@ -35,14 +35,7 @@ set -eu
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 DATA_ROOT="$(cd "${1:-$REPO/../shared/data/fer2013}" && pwd)"
 OUT="${2:-$HOME/runs/fer2013_compare}"
-if [ -z "${PYTHON:-}" ]; then  # the first virtual environment found, else python3 on PATH
-  PYTHON=python3
-  for candidate in "${VIRTUAL_ENV:-/nonexistent}" "$REPO/.venv" "$REPO/../venv" "$HOME/venv"; do
-    if [ -x "$candidate/bin/python" ]; then PYTHON="$candidate/bin/python"; break; fi
-  done
-fi
-TCMALLOC=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4
-if [ -f "$TCMALLOC" ]; then export LD_PRELOAD="$TCMALLOC${LD_PRELOAD:+:$LD_PRELOAD}"; fi
+. "$REPO/bench/env.sh"  # PYTHON and tcmalloc
 EXTRA=""
 [ "${REPORT_ONLY:-0}" = 1 ] && EXTRA="--report-only"
 THREADS="${THREADS:-1}"

@@ -37,12 +37,7 @@ FT_EPOCHS="${FT_EPOCHS:-2}"
 LR="${LR:-1e-3}"
 FT_LR="${FT_LR:-1e-3}"
 SEED="${SEED:-0}"
-if [ -z "${PYTHON:-}" ]; then  # the first virtual environment found, else python
-  PYTHON=python
-  for candidate in "${VIRTUAL_ENV:-/nonexistent}" "$REPO/.venv" "$REPO/../venv" "$HOME/venv"; do
-    if [ -x "$candidate/bin/python" ]; then PYTHON="$candidate/bin/python"; break; fi
-  done
-fi
+. "$REPO/bench/env.sh"  # PYTHON and tcmalloc
 [ -d "$DATA_ROOT/train" ] && [ -d "$DATA_ROOT/val" ] || { echo "error: no train/ and val/ under $DATA_ROOT" >&2; exit 2; }
 SPLIT="$OUT/split"
 mkdir -p "$OUT"

@@ -35,11 +35,7 @@ STEPS_FT="${STEPS_FT:-100}"
 STEPS_CHECK="${STEPS_CHECK:-50}"
 AMP="${AMP:-off}"
 CHECK="${CHECK:-1}"
-if [ -z "${PYTHON:-}" ]; then
-  if [ -x "$REPO/../venv/bin/python" ]; then PYTHON="$REPO/../venv/bin/python"; else PYTHON=python; fi
-fi
-TCMALLOC=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4
-if [ -f "$TCMALLOC" ]; then export LD_PRELOAD="$TCMALLOC${LD_PRELOAD:+:$LD_PRELOAD}"; fi
+. "$REPO/bench/env.sh"  # PYTHON and tcmalloc
 [ -d "$DATA_ROOT/train" ] || { echo "error: no train/ under $DATA_ROOT" >&2; exit 2; }
 mkdir -p "$OUT"
 

@@ -1,9 +1,11 @@
 #!/bin/sh
 # FERPlus (8 classes, majority labels for evaluation) with cross-entropy: the face-pretrained dlib
 # backbone against ResNet-18 from scratch, then the FERPlus paper's four label modes on the dlib
-# backbone, then the 7-class variant; through bench/compare.py, resumable.
+# backbone, then the 7-class variant, then which of dlib's stages to fine-tune; through
+# bench/compare.py, resumable.
 #
 #   sh bench/ferplus.sh [DATA_ROOT] [OUTPUT_DIR]       # start, or resume: the same command
+#   TABLES=stages sh bench/ferplus.sh                   # one table (main, 7class, stages; default all three)
 #   nohup sh bench/ferplus.sh > $HOME/runs/ferplus.log 2>&1 &
 #   REPORT_ONLY=1 sh bench/ferplus.sh                   # rewrite RESULTS.md from what has finished
 #   STOP=1 sh bench/ferplus.sh                          # pause: the running arm saves its step
@@ -25,6 +27,10 @@
 #   draw, soft, multi-target
 #                    ce-dlib with --ferplus-labels draw / soft / multi-target (data/label_modes.py)
 #   ce-dlib-7        ce-dlib at --num-classes 7 (contempt dropped), in OUTPUT_DIR/7class
+#   level3, level2, level1
+#                    ce-dlib with the trunk cut after that stage (--backbone dlib_resnet_l3 / _l2 / _l1;
+#                    docs/face_backbone.md), 2 epochs each (the cosine schedule over 2 epochs), in
+#                    OUTPUT_DIR/stages: which stage to fine-tune from, at a tenth of the budget
 # Finished runs' small files go to RECORDS (default bench/records/ferplus; commit it), so a fresh
 # machine trains only what the records lack. Time-to-accuracy: every evaluation's wall-clock time
 # is the "time" of metrics.jsonl (RESULTS.md's trajectory table, docs/results.md).
@@ -32,23 +38,18 @@ set -eu
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 DATA_ROOT="$(cd "${1:-$REPO/../shared/data/ferplus}" && pwd)"
 OUT="${2:-$HOME/runs/ferplus}"
-if [ -z "${PYTHON:-}" ]; then  # the first virtual environment found, else python3 on PATH
-  PYTHON=python3
-  for candidate in "${VIRTUAL_ENV:-/nonexistent}" "$REPO/.venv" "$REPO/../venv" "$HOME/venv"; do
-    if [ -x "$candidate/bin/python" ]; then PYTHON="$candidate/bin/python"; break; fi
-  done
-fi
-TCMALLOC=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4
-if [ -f "$TCMALLOC" ]; then export LD_PRELOAD="$TCMALLOC${LD_PRELOAD:+:$LD_PRELOAD}"; fi
+. "$REPO/bench/env.sh"  # PYTHON and tcmalloc
 THREADS="${THREADS:-2}"
 IMG_SIZE="${IMG_SIZE:-112}"
 RECORDS="${RECORDS:-$REPO/bench/records/ferplus}"
+TABLES="${TABLES:-main 7class stages}"
 EXTRA=""
 [ "${REPORT_ONLY:-0}" = 1 ] && EXTRA="--report-only"
 if [ "${STOP:-0}" = 1 ]; then  # compare.py --stop on both tables; the same command without STOP resumes
   rc=0
   "$PYTHON" "$REPO/bench/compare.py" --stop --output "$OUT" || rc=$?
   "$PYTHON" "$REPO/bench/compare.py" --stop --output "$OUT/7class" || rc=$?
+  "$PYTHON" "$REPO/bench/compare.py" --stop --output "$OUT/stages" || rc=$?
   exit "$rc"
 fi
 
@@ -59,13 +60,21 @@ SCRATCH="--backbone resnet18 --norm imagenet --img-size 48 --lr 1e-3"
 COMMON="--batch-size 64 --opt adamw --weight-decay 1e-4 --sched cosine --warmup-steps 200 --amp auto \
   --workers 0 --cache-images --val-fraction 0.1 --eval-interval 195 --save-interval 195 --log-interval 50"
 
-compare() {  # compare.py over OUTPUT and RECORDS subfolder $1 with the arms that follow
-  where="$1"; shift
-  "$PYTHON" "$REPO/bench/compare.py" --dataset ferplus --data-root "$DATA_ROOT" "$@" --seeds 0 --epochs 10 \
+compare() {  # compare.py over OUTPUT and RECORDS subfolder $1, $2 epochs, with the arms that follow
+  where="$1"; epochs="$2"; shift 2
+  "$PYTHON" "$REPO/bench/compare.py" --dataset ferplus --data-root "$DATA_ROOT" "$@" --seeds 0 --epochs "$epochs" \
     --common "$COMMON" --lanes 1 --threads "$THREADS" --nice 10 --output "$OUT$where" --records "$RECORDS$where" $EXTRA
 }
-compare "" --arm ce-dlib="--method ce $DLIB" --arm ce-scratch="--method ce $SCRATCH" \
-  --arm draw="--method ce $DLIB --ferplus-labels draw" --arm soft="--method ce $DLIB --ferplus-labels soft" \
-  --arm multi-target="--method ce $DLIB --ferplus-labels multi-target" --baseline ce-dlib
-# Seven classes: a table of its own (its classes differ from the 8-class arms').
-compare /7class --arm ce-dlib-7="--method ce $DLIB --num-classes 7" --baseline ce-dlib-7
+for table in $TABLES; do
+  case "$table" in
+    main) compare "" 10 --arm ce-dlib="--method ce $DLIB" --arm ce-scratch="--method ce $SCRATCH" \
+            --arm draw="--method ce $DLIB --ferplus-labels draw" --arm soft="--method ce $DLIB --ferplus-labels soft" \
+            --arm multi-target="--method ce $DLIB --ferplus-labels multi-target" --baseline ce-dlib ;;
+    # Seven classes: a table of its own (its classes differ from the 8-class arms').
+    7class) compare /7class 10 --arm ce-dlib-7="--method ce $DLIB --num-classes 7" --baseline ce-dlib-7 ;;
+    stages) compare /stages 2 --arm level3="--method ce $DLIB --backbone dlib_resnet_l3" \
+              --arm level2="--method ce $DLIB --backbone dlib_resnet_l2" \
+              --arm level1="--method ce $DLIB --backbone dlib_resnet_l1" --baseline level2 ;;
+    *) echo "error: TABLES: unknown table '$table' (main, 7class, stages)" >&2; exit 2 ;;
+  esac
+done

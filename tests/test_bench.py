@@ -131,3 +131,25 @@ def test_profile_step_shares_add_up(tmp_path):
     shares = [float(m) for m in re.findall(r"^\| [^|]+ \| (\d+\.\d)% \| \d+\.\d+ \|$", run.stdout, re.M)]
     assert shares and abs(sum(shares) - 100) < 0.5, run.stdout
     assert "GFLOP/s" in run.stdout and "two-pass" in run.stdout  # ResNet: BatchNorm -> two passes
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "bench").glob("*.sh")))
+def test_bench_driver_parses(script):
+    result = subprocess.run(["sh", "-n", str(ROOT / "bench" / script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_ferplus_driver_refuses_an_unknown_table_and_finds_the_python(tmp_path):
+    """bench/env.sh picks the interpreter; an unknown TABLES entry is one line and exit 2."""
+    env = {**os.environ, "PYTHON": sys.executable, "TABLES": "main-8"}
+    result = subprocess.run(["sh", str(ROOT / "bench" / "ferplus.sh"), str(tmp_path), str(tmp_path / "out")],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 2 and result.stderr == "error: TABLES: unknown table 'main-8' (main, 7class, stages)\n"
+    probe = "REPO=%s; . %s/bench/env.sh; echo $PYTHON" % (tmp_path, ROOT)
+    venv_python = tmp_path / ".venv" / "bin" / "python"
+    venv_python.parent.mkdir(parents=True)
+    venv_python.write_text("#!/bin/sh\n")
+    venv_python.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHON", "VIRTUAL_ENV")}
+    found = subprocess.run(["sh", "-c", probe], capture_output=True, text=True, env=env)
+    assert found.stdout.strip() == str(venv_python)
