@@ -27,7 +27,7 @@
 #   draw, soft, multi-target
 #                    ce-dlib with --ferplus-labels draw / soft / multi-target (data/label_modes.py)
 #   ce-dlib-7        ce-dlib at --num-classes 7 (contempt dropped), in OUTPUT_DIR/7class
-#   level3, level2, level1
+#   level2, level1, level3
 #                    ce-dlib with the trunk cut after that stage (--backbone dlib_resnet_l3 / _l2 / _l1;
 #                    docs/face_backbone.md), 2 epochs each (the cosine schedule over 2 epochs), in
 #                    OUTPUT_DIR/stages: which stage to fine-tune from, at a tenth of the budget
@@ -72,9 +72,9 @@ for table in $TABLES; do
             --arm multi-target="--method ce $DLIB --ferplus-labels multi-target" --baseline ce-dlib ;;
     # Seven classes: a table of its own (its classes differ from the 8-class arms').
     7class) compare /7class 10 --arm ce-dlib-7="--method ce $DLIB --num-classes 7" --baseline ce-dlib-7 ;;
-    stages) compare /stages 2 --arm level3="--method ce $DLIB --backbone dlib_resnet_l3" \
-              --arm level2="--method ce $DLIB --backbone dlib_resnet_l2" \
-              --arm level1="--method ce $DLIB --backbone dlib_resnet_l1" --baseline level2 ;;
+    stages) compare /stages 2 --arm level2="--method ce $DLIB --backbone dlib_resnet_l2" \
+              --arm level1="--method ce $DLIB --backbone dlib_resnet_l1" \
+              --arm level3="--method ce $DLIB --backbone dlib_resnet_l3" --baseline level2 ;;
     *) echo "error: TABLES: unknown table '$table' (main, 7class, stages)" >&2; exit 2 ;;
   esac
 done
