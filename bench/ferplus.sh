@@ -6,6 +6,7 @@
 #
 #   sh bench/ferplus.sh [DATA_ROOT] [OUTPUT_DIR]       # start, or resume: the same command
 #   TABLES=stages sh bench/ferplus.sh                   # one table (main, 7class, stages; default all three)
+#   TABLES=methods sh bench/ferplus.sh                  # every method from the dlib backbone, seeds 0-2
 #   nohup sh bench/ferplus.sh > $HOME/runs/ferplus.log 2>&1 &
 #   REPORT_ONLY=1 sh bench/ferplus.sh                   # rewrite RESULTS.md from what has finished
 #   STOP=1 sh bench/ferplus.sh                          # pause: the running arm saves its step
@@ -30,7 +31,14 @@
 #   level2, level1, level3
 #                    ce-dlib with the trunk cut after that stage (--backbone dlib_resnet_l3 / _l2 / _l1;
 #                    docs/face_backbone.md), 2 epochs each (the cosine schedule over 2 epochs), in
-#                    OUTPUT_DIR/stages: which stage to fine-tune from, at a tenth of the budget
+#                    OUTPUT_DIR/stages: which stage to fine-tune from, at a fifth of the budget
+# The methods table (not in the default TABLES; 36 runs of about 80 minutes on one thread of a 2-vCPU
+# CPU): ce-dlib's model, data and budget (10 epochs: ce levels off after about 9) for ce, mek at the
+# paper's eps 0.3 / lambda 0.1, mek-p0.5-deferred (MEK_FER2013 below), eac (lambda 5), focal
+# (gamma 2), ldam (margin 0.5, scale 30, DRW from epoch 8), balanced-softmax, logit-adjust (tau 1,
+# in the loss and post hoc), rul, dan, and ce-soft (cross-entropy on the annotators' vote
+# distributions); seeds 0, 1, 2; in OUTPUT_DIR/methods, records in METHODS_RECORDS (default
+# bench/records/ferplus_compare). Its ce seed 0 is the main table's ce-dlib (the same command).
 # Finished runs' small files go to RECORDS (default bench/records/ferplus; commit it), so a fresh
 # machine trains only what the records lack. Time-to-accuracy: every evaluation's wall-clock time
 # is the "time" of metrics.jsonl (RESULTS.md's trajectory table, docs/results.md).
@@ -42,6 +50,7 @@ OUT="${2:-$HOME/runs/ferplus}"
 THREADS="${THREADS:-2}"
 IMG_SIZE="${IMG_SIZE:-112}"
 RECORDS="${RECORDS:-$REPO/bench/records/ferplus}"
+METHODS_RECORDS="${METHODS_RECORDS:-$REPO/bench/records/ferplus_compare}"
 TABLES="${TABLES:-main 7class stages}"
 EXTRA=""
 [ "${REPORT_ONLY:-0}" = 1 ] && EXTRA="--report-only"
@@ -57,24 +66,37 @@ DLIB="--backbone dlib_resnet --pretrained dlib --norm dlib --img-size $IMG_SIZE 
 SCRATCH="--backbone resnet18 --norm imagenet --img-size 48 --lr 1e-3"
 # 26,940 of FER2013Train's images have a majority label; 2,694 are held out, 24,246 train: 378 steps
 # an epoch at batch 64 (3,780 in all); an evaluation (validation + PublicTest) every 195 steps.
+# MEK with what FER2013 taught (docs/results.md, bench/FER2013_RESULTS.md): RSL's and RAC's class weights
+# (N / (K n_k))^0.5 instead of ^1 (contempt and disgust are 0.7% and 0.6% of FERPlus's training labels), and
+# both terms off for the first epoch (378 steps) while the new head learns, then ramped in over half an epoch.
+MEK_FER2013="--class-weight-power 0.5 --mek-start-step 378 --mek-ramp-steps 189"
 COMMON="--batch-size 64 --opt adamw --weight-decay 1e-4 --sched cosine --warmup-steps 200 --amp auto \
   --workers 0 --cache-images --val-fraction 0.1 --eval-interval 195 --save-interval 195 --log-interval 50"
 
-compare() {  # compare.py over OUTPUT and RECORDS subfolder $1, $2 epochs, with the arms that follow
-  where="$1"; epochs="$2"; shift 2
-  "$PYTHON" "$REPO/bench/compare.py" --dataset ferplus --data-root "$DATA_ROOT" "$@" --seeds 0 --epochs "$epochs" \
-    --common "$COMMON" --lanes 1 --threads "$THREADS" --nice 10 --output "$OUT$where" --records "$RECORDS$where" $EXTRA
+compare() {  # compare.py: output under OUTPUT, records in $2, $3 epochs, seeds $4, with the arms that follow
+  output="$1"; records="$2"; epochs="$3"; seeds="$4"; shift 4
+  "$PYTHON" "$REPO/bench/compare.py" --dataset ferplus --data-root "$DATA_ROOT" "$@" --seeds "$seeds" --epochs "$epochs" \
+    --common "$COMMON" --lanes 1 --threads "$THREADS" --nice 10 --output "$output" --records "$records" $EXTRA
 }
 for table in $TABLES; do
   case "$table" in
-    main) compare "" 10 --arm ce-dlib="--method ce $DLIB" --arm ce-scratch="--method ce $SCRATCH" \
+    main) compare "$OUT" "$RECORDS" 10 0 --arm ce-dlib="--method ce $DLIB" --arm ce-scratch="--method ce $SCRATCH" \
             --arm draw="--method ce $DLIB --ferplus-labels draw" --arm soft="--method ce $DLIB --ferplus-labels soft" \
             --arm multi-target="--method ce $DLIB --ferplus-labels multi-target" --baseline ce-dlib ;;
     # Seven classes: a table of its own (its classes differ from the 8-class arms').
-    7class) compare /7class 10 --arm ce-dlib-7="--method ce $DLIB --num-classes 7" --baseline ce-dlib-7 ;;
-    stages) compare /stages 2 --arm level2="--method ce $DLIB --backbone dlib_resnet_l2" \
+    7class) compare "$OUT/7class" "$RECORDS/7class" 10 0 --arm ce-dlib-7="--method ce $DLIB --num-classes 7" \
+              --baseline ce-dlib-7 ;;
+    stages) compare "$OUT/stages" "$RECORDS/stages" 2 0 --arm level2="--method ce $DLIB --backbone dlib_resnet_l2" \
               --arm level1="--method ce $DLIB --backbone dlib_resnet_l1" \
               --arm level3="--method ce $DLIB --backbone dlib_resnet_l3" --baseline level2 ;;
-    *) echo "error: TABLES: unknown table '$table' (main, 7class, stages)" >&2; exit 2 ;;
+    methods) compare "$OUT/methods" "$METHODS_RECORDS" 10 0,1,2 --arm ce="--method ce $DLIB" \
+               --arm mek="--method mek $DLIB" --arm mek-p0.5-deferred="--method mek $DLIB $MEK_FER2013" \
+               --arm eac="--method eac $DLIB" --arm focal="--method focal $DLIB" --arm ldam="--method ldam $DLIB" \
+               --arm balanced-softmax="--method balanced-softmax $DLIB" \
+               --arm logit-adjust="--method logit-adjust $DLIB" \
+               --arm logit-adjust-posthoc="--method logit-adjust $DLIB --la-mode posthoc" \
+               --arm rul="--method rul $DLIB" --arm dan="--method dan $DLIB" \
+               --arm ce-soft="--method ce $DLIB --ferplus-labels soft" --baseline ce ;;
+    *) echo "error: TABLES: unknown table '$table' (main, 7class, stages, methods)" >&2; exit 2 ;;
   esac
 done
