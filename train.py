@@ -60,7 +60,7 @@ def get_args_parser(method: str = DEFAULT_METHOD) -> argparse.ArgumentParser:
     g.add_argument("--data-root", default=None, help="dataset root (default: dataset/raf-basic or dataset/demo)")
     g.add_argument("--label-file", default=None, help="alternative training label list, same format as RAF-DB's")
     g.add_argument("--num-classes", type=int, default=None, help="keep the first N canonical classes (e.g. 7 drops contempt)")
-    g.add_argument("--ferplus-labels", choices=LABEL_MODES, default="majority", help="FERPlus targets (docs/datasets.md)")
+    g.add_argument("--ferplus-labels", choices=LABEL_MODES, default="majority", help="FERPlus training targets (default: %(default)s; docs/datasets.md)")
     g.add_argument("--img-size", type=int, default=224)
     g.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     g.add_argument("--cache-images", action="store_true", help="decode every image once into memory")
