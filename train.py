@@ -33,7 +33,7 @@ import torch
 
 import engine
 from data import LABEL_MODES, DatasetError
-from data.loaders import augment_config, build_data, val_origin
+from data.loaders import augment_config, build_data, check_data_args, val_origin
 from data.transforms import NORMALISATIONS
 from losses.class_prior import ClassPrior
 from methods import (DEFAULT_METHOD, METHODS, TrainSchedule, add_method_args, build_method, check_foreign_flags, check_method_args,
@@ -73,6 +73,8 @@ def get_args_parser(method: str = DEFAULT_METHOD) -> argparse.ArgumentParser:
     g.add_argument("--val-split", choices=["official"], default=None,
                    help="official: the dataset's own validation split (a folder's val/ beside test/, "
                         "ferplus-private's FER2013Valid) chooses best.pth")
+    g.add_argument("--labelled-fraction", type=float, default=None, help="keep the labels of this class-balanced, "
+                   "seeded fraction of the training images (validation comes out of it; data/split.py)")
 
     g = p.add_argument_group("augmentation")
     g.add_argument("--norm", choices=sorted(NORMALISATIONS), default=None, help="mean/std (default: the backbone's)")
@@ -169,10 +171,7 @@ def check_args(args: argparse.Namespace) -> None:
         error_exit(f"--noise-prob must be in [0, 1], got {args.noise_prob}")
     if args.noise_var < 0:
         error_exit(f"--noise-var must be >= 0, got {args.noise_var}")
-    if args.val_fraction is not None and not 0 < args.val_fraction < 1:
-        error_exit(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
-    if args.val_fraction is not None and args.val_split:
-        error_exit("--val-fraction and --val-split official are two validation splits; give one")
+    check_data_args(args)  # DatasetError, reported by cli()
     if args.reset_final_norm and not args.pretrained:
         error_exit("--reset-final-norm re-initialises the final norm after --pretrained; give --pretrained too")
     check_method_args(args)  # the method's flags, and whether its head fits it

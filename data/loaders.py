@@ -3,7 +3,9 @@ resumable training sampler and the loaders (``train.py`` calls :func:`build_data
 
 The validation split (``--val-fraction`` / ``--val-split official``, ``data/split.py``) is taken
 out of the training set here, before any sampler sees it: no held-out image is ever in a
-training batch.
+training batch. ``--labelled-fraction`` keeps the labels of a class-balanced part of the training
+set first; the validation split comes out of that part, and the rest is what Face2Exp's
+``--unlabeled-rest`` streams without labels (:func:`unlabelled_rest`).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from . import DATASETS, DEFAULT_ROOTS, build_dataset
 from .base import ImageListDataset
 from .errors import DatasetError
 from .sampler import ResumableSampler, ShardSampler
-from .split import split_record, stratified_holdout
+from .split import balanced_fraction, fingerprint, split_record, stratified_holdout
 from .label_modes import apply_label_mode
 from .transforms import NORMALISATIONS, default_norm, AugmentConfig, build_eval_transform, build_train_transform
 
@@ -43,6 +45,34 @@ def augment_config(args: argparse.Namespace) -> AugmentConfig:
     )
 
 
+def check_data_args(args: argparse.Namespace) -> None:
+    """The data flags' ranges and combinations (DatasetError naming the flag)."""
+    if args.val_fraction is not None and not 0 < args.val_fraction < 1:
+        raise DatasetError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
+    if args.val_fraction is not None and args.val_split:
+        raise DatasetError("--val-fraction and --val-split official are two validation splits; give one")
+    fraction = getattr(args, "labelled_fraction", None)
+    if fraction is not None and not 0 < fraction < 1:
+        raise DatasetError(f"--labelled-fraction must be in (0, 1), got {fraction}")
+
+
+def labelled_indices(args: argparse.Namespace, train_set) -> list[int] | None:
+    """``--labelled-fraction``: indices of the training images whose labels the run uses (None: all)."""
+    fraction = getattr(args, "labelled_fraction", None)
+    if fraction is None:
+        return None
+    return balanced_fraction(train_set.targets, fraction, args.seed, len(train_set.classes))
+
+
+def unlabelled_rest(args: argparse.Namespace) -> list[Path]:
+    """The training images ``--labelled-fraction`` leaves without labels, in list order: the same
+    list and the same seeded choice as :func:`build_data` makes (their labels are never used)."""
+    train_set = build_dataset(args.dataset, args.data_root, "train", None, label_file=args.label_file,
+                              num_classes=args.num_classes, skip_bad_images=args.skip_bad_images)
+    kept = set(labelled_indices(args, train_set) or range(len(train_set)))
+    return [s.path for i, s in enumerate(train_set.samples) if i not in kept]
+
+
 def build_data(args: argparse.Namespace, dist_info) -> RunData:
     """The run's datasets and loaders from its flags (``args.data_root``, ``args.val_record`` and, when
     not given, ``args.norm`` (the backbone's input convention) are set)."""
@@ -58,7 +88,13 @@ def build_data(args: argparse.Namespace, dist_info) -> RunData:
     test_set = build_dataset(args.dataset, root, "test", build_eval_transform(aug), **common)
     if test_set.classes != train_set.classes:
         raise DatasetError(f"train and test classes differ: {train_set.classes} vs {test_set.classes}")
-    train_set, val_set, args.val_record = build_val_split(args, root, train_set, build_eval_transform(aug), common)
+    labelled = labelled_indices(args, train_set)
+    args.labelled_record = None if labelled is None else {
+        "fraction": args.labelled_fraction, "seed": args.seed, "count": len(labelled),
+        "per_class": train_set.subset(labelled).class_counts(),
+        "sha1": fingerprint([train_set.samples[i].path for i in labelled], root)}
+    train_set, val_set, args.val_record = build_val_split(args, root, train_set, build_eval_transform(aug), common,
+                                                          labelled)
     # FERPlus's label modes change the training targets only (after the split: validation keeps majority labels).
     train_set = apply_label_mode(train_set, getattr(args, "ferplus_labels", "majority"))
     if args.skip_bad_images and not args.dry_run:
@@ -95,23 +131,27 @@ def val_origin(args: argparse.Namespace) -> str:
     return "the dataset's own" if args.val_split else f"{args.val_fraction:g} of the training images held out"
 
 
-def build_val_split(args: argparse.Namespace, root: str, train_set, eval_transform, common: dict):
+def build_val_split(args: argparse.Namespace, root: str, train_set, eval_transform, common: dict,
+                    labelled: list[int] | None = None):
     """(training set, validation set or None, its config.json record or None): ``--val-fraction``
     holds out training images (never in a training batch), ``--val-split official`` reads the
-    dataset's own validation split."""
+    dataset's own validation split. With ``labelled`` (``--labelled-fraction``'s indices) both the
+    training and the held-out images come from those; the record's indices index ``train_set``."""
+    candidates = list(range(len(train_set))) if labelled is None else labelled
     if args.val_split == "official":
         val_set = build_dataset(args.dataset, root, "val", eval_transform, **common)
         if val_set.classes != train_set.classes:
             raise DatasetError(f"train and validation classes differ: {train_set.classes} vs {val_set.classes}")
         record = split_record("official", None, args.seed, None, [s.path for s in val_set.samples], root,
                               val_set.source)
-        return train_set, val_set, record
+        return (train_set if labelled is None else train_set.subset(labelled)), val_set, record
     if args.val_fraction is None:
-        return train_set, None, None
-    held = stratified_holdout(train_set.targets, args.val_fraction, args.seed)
+        return (train_set if labelled is None else train_set.subset(labelled)), None, None
+    targets = train_set.targets
+    held = [candidates[j] for j in stratified_holdout([targets[i] for i in candidates], args.val_fraction, args.seed)]
     if not held:
-        raise DatasetError(f"--val-fraction {args.val_fraction} holds out no image of {len(train_set)}; give a larger fraction")
-    kept = sorted(set(range(len(train_set))) - set(held))
+        raise DatasetError(f"--val-fraction {args.val_fraction} holds out no image of {len(candidates)}; give a larger fraction")
+    kept = sorted(set(candidates) - set(held))
     val_set = train_set.subset(held, eval_transform, source=f"{train_set.source}:val")
     record = split_record("fraction", args.val_fraction, args.seed, held, [s.path for s in val_set.samples], root,
                           train_set.source)

@@ -166,11 +166,15 @@ def unlabeled_paths(root: str | Path) -> list[Path]:
                        f"(first: {paths[0]})")
 
 
-def unlabeled_dataset(root: str | Path, transform, skip_bad_images: bool = False) -> ImageListDataset:
-    """Items are ((weak, strong), 0, index): the one 'class' is a placeholder."""
-    samples = [Sample(path, 0) for path in unlabeled_paths(root)]
+def unlabeled_dataset(root: str | Path | None, transform, skip_bad_images: bool = False,
+                      paths: list[Path] | None = None) -> ImageListDataset:
+    """Items are ((weak, strong), 0, index): the one 'class' is a placeholder. ``paths`` (the
+    training images left unlabelled, ``--unlabeled-rest``) replaces ``root``'s listing."""
+    if paths is not None and not paths:
+        raise DatasetError("--unlabeled-rest: --labelled-fraction leaves no training image unlabelled")
+    samples = [Sample(path, 0) for path in (unlabeled_paths(root) if paths is None else paths)]
     return ImageListDataset(samples, ["unlabeled"], transform, skip_bad_images=skip_bad_images,
-                            source=f"unlabeled:{root}")
+                            source="unlabeled:the training images without labels" if paths is not None else f"unlabeled:{root}")
 
 
 class UnlabeledStream:

@@ -75,6 +75,9 @@ class Face2Exp(Method):
     def add_args(cls, group: argparse._ArgumentGroup) -> None:
         group.add_argument("--unlabeled-root", default=None,
                            help="unlabelled faces: a directory tree of images (class folders ignored) or a list file")
+        group.add_argument("--unlabeled-rest", action="store_true",
+                           help="unlabelled faces: the training images --labelled-fraction leaves without labels "
+                                "(their labels are never read), instead of --unlabeled-root")
         group.add_argument("--mu", type=int, default=7, help="unlabelled batch = mu x --batch-size")
         group.add_argument("--lambda-u", type=float, default=1.0, help="weight of the teacher's UDA consistency")
         group.add_argument("--uda-steps", type=float, default=1.0, help="lambda_u ramps up linearly over N steps")
@@ -101,8 +104,13 @@ class Face2Exp(Method):
 
     @classmethod
     def check_args(cls, args: argparse.Namespace) -> None:
-        if getattr(args, "unlabeled_root", None) is None:
-            raise MethodArgumentError("--method face2exp needs --unlabeled-root (a directory of face images or a list file)")
+        rest = getattr(args, "unlabeled_rest", False)
+        if (getattr(args, "unlabeled_root", None) is None) == (not rest):
+            raise MethodArgumentError("--method face2exp needs one unlabelled set: --unlabeled-root (a directory of face "
+                                      "images or a list file) or --unlabeled-rest")
+        if rest and getattr(args, "labelled_fraction", None) is None:
+            raise MethodArgumentError("--unlabeled-rest streams the images --labelled-fraction leaves unlabelled; "
+                                      "give --labelled-fraction too")
         if args.mu < 1:
             raise MethodArgumentError(f"--mu must be >= 1 (unlabelled batch = mu x --batch-size), got {args.mu}")
         in_range(args, "--threshold", 0.0, 1.0)
@@ -140,6 +148,7 @@ class Face2Exp(Method):
 
     # ---- what the method owns, built once the run is -----------------------------------------
     def setup(self, context: Any) -> None:
+        from data.loaders import unlabelled_rest
         from data.unlabeled import TwoViews, UnlabeledStream, unlabeled_dataset
         from utils.build import build_network, build_run_optimizer, model_config
 
@@ -163,7 +172,9 @@ class Face2Exp(Method):
                                                   momentum=args.finetune_momentum,
                                                   weight_decay=args.finetune_weight_decay)
         views = TwoViews(aug.img_size, aug.mean, aug.std, tuple(args.randaug), aug.interpolation)
-        data = unlabeled_dataset(args.unlabeled_root, views, skip_bad_images=getattr(args, "skip_bad_images", False))
+        rest = unlabelled_rest(args) if getattr(args, "unlabeled_rest", False) else None
+        data = unlabeled_dataset(args.unlabeled_root, views, skip_bad_images=getattr(args, "skip_bad_images", False),
+                                 paths=rest)
         if getattr(args, "cache_images", False):
             data.cache_images()
         info = context.dist_info
@@ -275,6 +286,6 @@ class Face2Exp(Method):
                  f"threshold {a.threshold if a.threshold is not None else 'off'}; RandAugment {a.randaug[0]} ops at "
                  f"{a.randaug[1]}; unlabelled batch {a.mu} x {a.batch_size}"]
         if self.stream is not None:
-            lines.append(f"  unlabelled: {len(self.stream.dataset)} images from {a.unlabeled_root} "
+            lines.append(f"  unlabelled: {len(self.stream.dataset)} images from {a.unlabeled_root or 'the training images without labels'} "
                          f"({self.stream.batches_per_epoch} batches per pass)")
         return lines

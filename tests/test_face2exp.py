@@ -228,3 +228,27 @@ def test_finetune_within_budget_splits_the_budget(demo_root, unlabeled_list, tmp
                "--dry-run"])
     out = capsys.readouterr().out
     assert "8 MPL steps, then 1 fine-tuning epochs" in out and "16 steps (8/epoch, 2 epochs)" in out
+
+
+def test_unlabeled_rest_streams_the_images_the_labelled_fraction_leaves(demo_root, tmp_path, capsys):
+    """Face2Exp's protocol on one dataset: a class-balanced half keeps its labels, the other half is the
+    unlabelled stream (disjoint from the labelled images; their labels never used)."""
+    from data import build_dataset
+    from data.loaders import unlabelled_rest
+
+    flags = [*BASE, "--data-root", str(demo_root), "--labelled-fraction", "0.5", "--unlabeled-rest",
+             "--output", str(tmp_path / "out"), "--dry-run"]
+    train.cli(flags)
+    out = capsys.readouterr().out
+    assert "unlabelled: 64 images from the training images without labels" in out  # 128 - round(0.5 x 128)
+    args = train.parse_args(flags)
+    args.data_root = str(demo_root)
+    rest = set(unlabelled_rest(args))
+    full = {s.path for s in build_dataset("demo", demo_root, "train").samples}
+    assert len(rest) == 64 and rest < full
+    for bad, message in ((["--unlabeled-rest"], "give --labelled-fraction too"),
+                         (["--unlabeled-rest", "--labelled-fraction", "0.5", "--unlabeled-root", str(demo_root)],
+                          "needs one unlabelled set")):
+        with pytest.raises(SystemExit) as exc:
+            train.cli([*BASE, "--data-root", str(demo_root), *bad, "--output", str(tmp_path / "x"), "--dry-run"])
+        assert exc.value.code == 2 and message in capsys.readouterr().err

@@ -10,7 +10,7 @@ import test as test_script
 import train
 from data import build_dataset
 from data.base import ImageListDataset
-from data.split import stratified_holdout
+from data.split import balanced_fraction, balanced_quotas, stratified_holdout
 from utils.checkpoint import load_checkpoint
 from utils.logging import read_metrics
 
@@ -33,6 +33,39 @@ def test_holdout_is_stratified_seeded_and_keeps_every_class():
     assert per_class == {0: 10, 1: 2}  # round(0.2 n_k), and a class of 1 or 2 keeps its images for training
     with pytest.raises(ValueError, match=r"--val-fraction must be in \(0, 1\)"):
         stratified_holdout(targets, 1.0, seed=0)
+
+
+def test_labelled_fraction_is_as_balanced_as_the_classes_allow():
+    assert balanced_quotas([2, 10, 10], 9) == [2, 4, 3]  # cap 3 fits (2 + 3 + 3 = 8), one more to class 1
+    # FERPlus's majority-labelled training images (surprise .. contempt), 10% of 26,940: disgust (175) and
+    # contempt (162) keep all theirs, the others 393 (cap 392, 2,694 - 337 - 6 x 392 = 5 more in class order).
+    ferplus = [3378, 648, 175, 7410, 3403, 2399, 9365, 162]
+    assert balanced_quotas(ferplus, 2694) == [393, 393, 175, 393, 393, 393, 392, 162]
+    assert balanced_quotas([5, 5], 10) == [5, 5] and balanced_quotas([3, 1], 0) == [0, 0]
+    targets = [0] * 30 + [1] * 4 + [2] * 6
+    kept = balanced_fraction(targets, 0.25, seed=1, num_classes=3)  # 10 of 40: cap 3 (9), one more to class 0
+    assert Counter(targets[i] for i in kept) == {0: 4, 1: 3, 2: 3} and kept == sorted(kept)
+    assert kept == balanced_fraction(targets, 0.25, seed=1, num_classes=3) != balanced_fraction(targets, 0.25, 2, 3)
+
+
+def test_validation_comes_out_of_the_labelled_fraction(demo_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    run_train(demo_root, out, "--epochs", "1", "--labelled-fraction", "0.5", "--val-fraction", "0.25")
+    config = json.loads((out / "config.json").read_text())
+    full = build_dataset("demo", demo_root, "train")
+    labelled = balanced_fraction(full.targets, 0.5, 0, len(full.classes))
+    held = config["val_record"]["indices"]  # indices into the whole training list, as without the flag
+    assert config["labelled_record"]["count"] == len(labelled) == 64 and set(held) < set(labelled)
+    per_class = Counter(full.targets[i] for i in labelled)
+    assert config["labelled_record"]["per_class"] == [per_class[k] for k in range(len(full.classes))]
+    expected_val = sum(min(round(0.25 * n), n - 1) for n in per_class.values())
+    assert len(held) == expected_val and sum(config["train_counts"]) == 64 - expected_val
+    metrics = test_script.cli([str(out / "last.pth"), "--split", "val", "--workers", "0", "--no-progress",
+                               "--out-dir", str(tmp_path / "t")])
+    assert sum(sum(row) for row in metrics["confusion_matrix"]) == expected_val
+    with pytest.raises(SystemExit):  # resuming without the flag would train on other images
+        run_train(demo_root, out, "--epochs", "2", "--val-fraction", "0.25", "--resume", "auto")
+    assert "the labelled split must stay the same" in capsys.readouterr().err
 
 
 def test_no_validation_image_reaches_a_training_batch(demo_root, tmp_path, monkeypatch):

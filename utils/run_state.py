@@ -19,7 +19,7 @@ from utils.checkpoint import (CheckpointError, capture_rng_state, check_model_fi
 from utils.optim import load_optimizer_state
 from utils.stop import StopRequested
 
-RESUME_KEYS = ("method", "batch_size", "world_size", "dataset", "seed", "val_fraction", "val_split")
+RESUME_KEYS = ("method", "batch_size", "world_size", "dataset", "seed", "val_fraction", "val_split", "labelled_fraction")
 
 
 class RunState:
@@ -91,9 +91,10 @@ def check_resumable(state: dict, model: nn.Module, args: argparse.Namespace, pat
     check_model_fits(state["model"], model, path, state.get("model_config"))
     saved = state.get("config", {})
     for key in RESUME_KEYS:
-        if key.startswith("val_") and saved and saved.get(key) != getattr(args, key):
+        if key.startswith(("val_", "labelled_")) and saved and saved.get(key) != getattr(args, key):
             raise CheckpointError(f"{path} was trained with --{key.replace('_', '-')} {saved.get(key)}, this "
-                                  f"run has {getattr(args, key)}; the validation split must stay the same")
+                                  f"run has {getattr(args, key)}; the {'validation' if key.startswith('val_') else 'labelled'}"
+                                  " split must stay the same")
         if saved.get(key, "mek" if key == "method" else None) not in (None, getattr(args, key)):
             raise CheckpointError(
                 f"{path} was trained with --{key.replace('_', '-')} {saved[key]}, this run has {getattr(args, key)}; "
