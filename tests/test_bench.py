@@ -144,7 +144,7 @@ def test_ferplus_driver_refuses_an_unknown_table_and_finds_the_python(tmp_path):
     env = {**os.environ, "PYTHON": sys.executable, "TABLES": "main-8"}
     result = subprocess.run(["sh", str(ROOT / "bench" / "ferplus.sh"), str(tmp_path), str(tmp_path / "out")],
                             capture_output=True, text=True, env=env)
-    assert result.returncode == 2 and result.stderr == "error: TABLES: unknown table 'main-8' (main, 7class, stages, methods)\n"
+    assert result.returncode == 2 and result.stderr == "error: TABLES: unknown table 'main-8' (main, 7class, stages, methods, face2exp)\n"
     probe = "REPO=%s; . %s/bench/env.sh; echo $PYTHON" % (tmp_path, ROOT)
     venv_python = tmp_path / ".venv" / "bin" / "python"
     venv_python.parent.mkdir(parents=True)
