@@ -78,34 +78,34 @@ SCRATCH="--backbone resnet18 --norm imagenet --img-size 48 --lr 1e-3"
 MEK_FER2013="--class-weight-power 0.5 --mek-start-step 378 --mek-ramp-steps 189"
 # Face2Exp's few-label protocol (TABLES=face2exp): a class-balanced 10% of the majority-labelled training
 # images keeps its labels (--labelled-fraction; 10% of them again chooses best.pth), the other 90% are the
-# unlabelled stream (--unlabeled-rest); both few-label arms get ce-all's 3,780 optimiser steps on the
-# evaluated network (--steps after --epochs wins). Face2Exp: the official defaults (lambda_u 1, T 1,
+# unlabelled stream (--unlabeled-rest); every arm gets 3,780 optimiser steps on the evaluated network
+# (ce-all: ce-dlib's 10 epochs). Face2Exp: the official defaults (lambda_u 1, T 1,
 # RandAugment 2 16, no confidence mask) with the optimiser of its ce-10 control for both networks, mu 2
 # (the official 7 costs 3.5x more per step), and the student's fine-tuning inside the budget: 20 epochs of
 # the labelled 2,426 training images (37 steps each) with SGD 1e-3, momentum 0.9 (bench/compare_fer2013.sh's
 # reasoning: the official 1e-5 without momentum is meant for 125 epochs).
-FEW_LABELS="--labelled-fraction 0.1 --steps 3780"
+FEW_LABELS="--labelled-fraction 0.1"
 F2E="--mu 2 --randaug 2 16 --finetune-epochs 20 --finetune-within-budget --finetune-lr 1e-3 --finetune-momentum 0.9"
 COMMON="--batch-size 64 --opt adamw --weight-decay 1e-4 --sched cosine --warmup-steps 200 --amp auto \
   --workers 0 --cache-images --val-fraction 0.1 --eval-interval 195 --save-interval 195 --log-interval 50"
 
-compare() {  # compare.py: output $1, records $2, $3 epochs, seeds $4, with the arms that follow
-  output="$1"; records="$2"; epochs="$3"; seeds="$4"; shift 4
-  "$PYTHON" "$REPO/bench/compare.py" --dataset ferplus --data-root "$DATA_ROOT" "$@" --seeds "$seeds" --epochs "$epochs" \
+compare() {  # compare.py: output $1, records $2, budget $3 (--epochs N or --steps N), seeds $4, then the arms
+  output="$1"; records="$2"; budget="$3"; seeds="$4"; shift 4
+  "$PYTHON" "$REPO/bench/compare.py" --dataset ferplus --data-root "$DATA_ROOT" "$@" --seeds "$seeds" $budget \
     --common "$COMMON" --lanes 1 --threads "$THREADS" --nice 10 --output "$output" --records "$records" $EXTRA
 }
 for table in $TABLES; do
   case "$table" in
-    main) compare "$OUT" "$RECORDS" 10 0 --arm ce-dlib="--method ce $DLIB" --arm ce-scratch="--method ce $SCRATCH" \
+    main) compare "$OUT" "$RECORDS" "--epochs 10" 0 --arm ce-dlib="--method ce $DLIB" --arm ce-scratch="--method ce $SCRATCH" \
             --arm draw="--method ce $DLIB --ferplus-labels draw" --arm soft="--method ce $DLIB --ferplus-labels soft" \
             --arm multi-target="--method ce $DLIB --ferplus-labels multi-target" --baseline ce-dlib ;;
     # Seven classes: a table of its own (its classes differ from the 8-class arms').
-    7class) compare "$OUT/7class" "$RECORDS/7class" 10 0 --arm ce-dlib-7="--method ce $DLIB --num-classes 7" \
+    7class) compare "$OUT/7class" "$RECORDS/7class" "--epochs 10" 0 --arm ce-dlib-7="--method ce $DLIB --num-classes 7" \
               --baseline ce-dlib-7 ;;
-    stages) compare "$OUT/stages" "$RECORDS/stages" 2 0 --arm level2="--method ce $DLIB --backbone dlib_resnet_l2" \
+    stages) compare "$OUT/stages" "$RECORDS/stages" "--epochs 2" 0 --arm level2="--method ce $DLIB --backbone dlib_resnet_l2" \
               --arm level1="--method ce $DLIB --backbone dlib_resnet_l1" \
               --arm level3="--method ce $DLIB --backbone dlib_resnet_l3" --baseline level2 ;;
-    methods) compare "$OUT/methods" "$METHODS_RECORDS" 10 0,1,2 --arm ce="--method ce $DLIB" \
+    methods) compare "$OUT/methods" "$METHODS_RECORDS" "--epochs 10" 0,1,2 --arm ce="--method ce $DLIB" \
                --arm mek="--method mek $DLIB" --arm mek-p0.5-deferred="--method mek $DLIB $MEK_FER2013" \
                --arm eac="--method eac $DLIB" --arm focal="--method focal $DLIB" --arm ldam="--method ldam $DLIB" \
                --arm balanced-softmax="--method balanced-softmax $DLIB" \
@@ -113,8 +113,7 @@ for table in $TABLES; do
                --arm logit-adjust-posthoc="--method logit-adjust $DLIB --la-mode posthoc" \
                --arm rul="--method rul $DLIB" --arm dan="--method dan $DLIB" \
                --arm ce-soft="--method ce $DLIB --ferplus-labels soft" --baseline ce ;;
-    # ce-all is the main table's ce-dlib (the same command: its record is restored, not retrained).
-    face2exp) compare "$OUT/face2exp" "$F2E_RECORDS" 10 0,1,2 --arm ce-all="--method ce $DLIB" \
+    face2exp) compare "$OUT/face2exp" "$F2E_RECORDS" "--steps 3780" 0,1,2 --arm ce-all="--method ce $DLIB" \
                 --arm ce-10="--method ce $DLIB $FEW_LABELS" \
                 --arm face2exp="--method face2exp $DLIB $FEW_LABELS --unlabeled-rest $F2E" --baseline ce-10 \
                 --run-last face2exp ;;
