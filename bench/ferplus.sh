@@ -29,10 +29,11 @@
 #   draw, soft, multi-target
 #                    ce-dlib with --ferplus-labels draw / soft / multi-target (data/label_modes.py)
 #   ce-dlib-7        ce-dlib at --num-classes 7 (contempt dropped), in OUTPUT_DIR/7class
-#   level2, level1, level3
+#   level2, level1, level3, level2-150
 #                    ce-dlib with the trunk cut after that stage (--backbone dlib_resnet_l3 / _l2 / _l1;
-#                    docs/face_backbone.md), 2 epochs each (the cosine schedule over 2 epochs), in
-#                    OUTPUT_DIR/stages: which stage to fine-tune from, at a fifth of the budget
+#                    docs/face_backbone.md), and level2 at dlib's own 150 px, 2 epochs each (the cosine
+#                    schedule over 2 epochs), in OUTPUT_DIR/stages: which stage and input size to
+#                    fine-tune from, at a fifth of the budget
 # The methods table (not in the default TABLES; 36 runs of about 80 minutes on one thread of a 2-vCPU
 # CPU): ce-dlib's model, data and budget (10 epochs: ce levels off after about 9) for ce, mek at the
 # paper's eps 0.3 / lambda 0.1, mek-p0.5-deferred (MEK_FER2013 below), eac (lambda 5), focal
@@ -104,7 +105,8 @@ for table in $TABLES; do
               --baseline ce-dlib-7 ;;
     stages) compare "$OUT/stages" "$RECORDS/stages" "--epochs 2" 0 --arm level2="--method ce $DLIB --backbone dlib_resnet_l2" \
               --arm level1="--method ce $DLIB --backbone dlib_resnet_l1" \
-              --arm level3="--method ce $DLIB --backbone dlib_resnet_l3" --baseline level2 ;;
+              --arm level3="--method ce $DLIB --backbone dlib_resnet_l3" \
+              --arm level2-150="--method ce $DLIB --backbone dlib_resnet_l2 --img-size 150" --baseline level2 ;;
     methods) compare "$OUT/methods" "$METHODS_RECORDS" "--epochs 10" 0,1,2 --arm ce="--method ce $DLIB" \
                --arm mek="--method mek $DLIB" --arm mek-p0.5-deferred="--method mek $DLIB $MEK_FER2013" \
                --arm eac="--method eac $DLIB" --arm focal="--method focal $DLIB" --arm ldam="--method ldam $DLIB" \
