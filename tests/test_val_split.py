@@ -190,3 +190,15 @@ def test_official_split_is_the_folders_val_beside_test(demo_root, tmp_path, caps
                        "--output", str(tmp_path / "x"), "--dry-run"])
         err = capsys.readouterr().err
         assert err.startswith("error: --val-split official") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--val-fraction", "1.0"], "--val-fraction must be in (0, 1), got 1.0"),
+    (["--val-fraction", "0.1", "--val-split", "official"], "two validation splits; give one"),
+    (["--labelled-fraction", "0"], "--labelled-fraction must be in (0, 1), got 0.0"),
+])
+def test_bad_split_flags_give_one_line_and_exit_2(flags, message, demo_root, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        run_train(demo_root, tmp_path / "out", "--steps", "1", *flags)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and message in err and err.count("error:") == 1 and not (tmp_path / "out").exists()
