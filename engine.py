@@ -153,9 +153,6 @@ class Stepper:
         return True
 
 
-ManualUpdate = Stepper  # the name methods and tests used before the step was written once
-
-
 class StepReporter:
     """A tqdm bar on a terminal; one plain line every ``log_interval`` steps otherwise, so a
     run redirected to a file is not flooded with bar redraws."""

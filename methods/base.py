@@ -60,9 +60,6 @@ class RunContext:
     train_steps: int  # the method's main stage (Method.split_budget), the main schedule's length
 
 
-MethodContext = RunContext  # its name before the builders moved to utils/build.py
-
-
 class MethodArgumentError(ValueError):
     """A method flag has an impossible value; the message names the flag."""
 

@@ -80,7 +80,7 @@ def test_one_step_updates_student_and_teacher_as_computed_by_hand():
     student_optimizer = torch.optim.SGD(student.parameters(), lr=lr_s)
     t = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
     terms = method.mpl_step(student, teacher, t(x), torch.tensor(y), t(uw), t(us), student_optimizer, None,
-                            engine.ManualUpdate(torch.device("cpu"), engine.StepOptions(), 0))
+                            engine.Stepper(torch.device("cpu"), engine.StepOptions(), 0))
 
     assert abs(h) > 1e-3  # the feedback is not trivially zero here
     assert float(terms["teacher_mpl"]) == pytest.approx(mpl, rel=1e-5, abs=1e-7)
