@@ -69,7 +69,8 @@ def unlabelled_rest(args: argparse.Namespace) -> list[Path]:
     list and the same seeded choice as :func:`build_data` makes (their labels are never used)."""
     train_set = build_dataset(args.dataset, args.data_root, "train", None, label_file=args.label_file,
                               num_classes=args.num_classes, skip_bad_images=args.skip_bad_images)
-    kept = set(labelled_indices(args, train_set) or range(len(train_set)))
+    labelled = labelled_indices(args, train_set)
+    kept = set(range(len(train_set)) if labelled is None else labelled)
     return [s.path for i, s in enumerate(train_set.samples) if i not in kept]
 
 
@@ -138,15 +139,16 @@ def build_val_split(args: argparse.Namespace, root: str, train_set, eval_transfo
     dataset's own validation split. With ``labelled`` (``--labelled-fraction``'s indices) both the
     training and the held-out images come from those; the record's indices index ``train_set``."""
     candidates = list(range(len(train_set))) if labelled is None else labelled
+    labelled_set = train_set if labelled is None else train_set.subset(labelled)
     if args.val_split == "official":
         val_set = build_dataset(args.dataset, root, "val", eval_transform, **common)
         if val_set.classes != train_set.classes:
             raise DatasetError(f"train and validation classes differ: {train_set.classes} vs {val_set.classes}")
         record = split_record("official", None, args.seed, None, [s.path for s in val_set.samples], root,
                               val_set.source)
-        return (train_set if labelled is None else train_set.subset(labelled)), val_set, record
+        return labelled_set, val_set, record
     if args.val_fraction is None:
-        return (train_set if labelled is None else train_set.subset(labelled)), None, None
+        return labelled_set, None, None
     targets = train_set.targets
     held = [candidates[j] for j in stratified_holdout([targets[i] for i in candidates], args.val_fraction, args.seed)]
     if not held:
