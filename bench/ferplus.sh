@@ -9,6 +9,7 @@
 #   TABLES=methods sh bench/ferplus.sh                  # every method from the dlib backbone, seeds 0-2
 #   TABLES=face2exp sh bench/ferplus.sh                 # Face2Exp on 10% of the labels, seeds 0-2
 #   nohup sh bench/ferplus.sh > $HOME/runs/ferplus.log 2>&1 &
+#   LANES=2 THREADS=1 sh bench/ferplus.sh              # two arms at once, one thread each
 #   REPORT_ONLY=1 sh bench/ferplus.sh                   # rewrite RESULTS.md from what has finished
 #   STOP=1 sh bench/ferplus.sh                          # pause: the running arm saves its step
 #
@@ -28,7 +29,9 @@
 #                    from-scratch contrast (the issue's 76.3% / 57.8% configuration)
 #   draw, soft, multi-target
 #                    ce-dlib with --ferplus-labels draw / soft / multi-target (data/label_modes.py)
-#   ce-dlib-7        ce-dlib at --num-classes 7 (contempt dropped), in OUTPUT_DIR/7class
+#   ce-dlib-7, soft-7
+#                    ce-dlib and soft at --num-classes 7 (contempt dropped), in OUTPUT_DIR/7class: soft
+#                    is the label mode with the best overall accuracy at 8 classes (docs/results.md)
 #   level2, level1, level3, level2-150
 #                    ce-dlib with the trunk cut after that stage (--backbone dlib_resnet_l3 / _l2 / _l1;
 #                    docs/face_backbone.md), and level2 at dlib's own 150 px, 2 epochs each (the cosine
@@ -54,6 +57,7 @@ DATA_ROOT="$(cd "${1:-$REPO/../shared/data/ferplus}" && pwd)"
 OUT="${2:-$HOME/runs/ferplus}"
 . "$REPO/bench/env.sh"  # PYTHON and tcmalloc
 THREADS="${THREADS:-2}"
+LANES="${LANES:-1}"  # arms trained at once (LANES=2 THREADS=1 on a 2-core CPU: two arms side by side)
 IMG_SIZE="${IMG_SIZE:-112}"
 RECORDS="${RECORDS:-$REPO/bench/records/ferplus}"
 METHODS_RECORDS="${METHODS_RECORDS:-$REPO/bench/records/ferplus_compare}"
@@ -93,7 +97,7 @@ COMMON="--batch-size 64 --opt adamw --weight-decay 1e-4 --sched cosine --warmup-
 compare() {  # compare.py: output $1, records $2, budget $3 (--epochs N or --steps N), seeds $4, then the arms
   output="$1"; records="$2"; budget="$3"; seeds="$4"; shift 4
   "$PYTHON" "$REPO/bench/compare.py" --dataset ferplus --data-root "$DATA_ROOT" "$@" --seeds "$seeds" $budget \
-    --common "$COMMON" --lanes 1 --threads "$THREADS" --nice 10 --output "$output" --records "$records" $EXTRA
+    --common "$COMMON" --lanes "$LANES" --threads "$THREADS" --nice 10 --output "$output" --records "$records" $EXTRA
 }
 for table in $TABLES; do
   case "$table" in
@@ -102,7 +106,7 @@ for table in $TABLES; do
             --arm multi-target="--method ce $DLIB --ferplus-labels multi-target" --baseline ce-dlib ;;
     # Seven classes: a table of its own (its classes differ from the 8-class arms').
     7class) compare "$OUT/7class" "$RECORDS/7class" "--epochs 10" 0 --arm ce-dlib-7="--method ce $DLIB --num-classes 7" \
-              --baseline ce-dlib-7 ;;
+              --arm soft-7="--method ce $DLIB --ferplus-labels soft --num-classes 7" --baseline ce-dlib-7 ;;
     stages) compare "$OUT/stages" "$RECORDS/stages" "--epochs 2" 0 --arm level2="--method ce $DLIB --backbone dlib_resnet_l2" \
               --arm level1="--method ce $DLIB --backbone dlib_resnet_l1" \
               --arm level3="--method ce $DLIB --backbone dlib_resnet_l3" \
