@@ -286,6 +286,12 @@ def test_load_report_counts_every_tensor(synthetic_dat: Path, random_state, name
     own = backbone.state_dict()
     assert all(torch.equal(own[k], torch.from_numpy(random_state[k])) for k in report.matched)
     assert "format: dlib-face-recognition-resnet" in capsys.readouterr().out
+    # The summary calls only fc.weight the head; the stages cut off are listed apart.
+    summary = report.summary().splitlines()
+    head_line = next(line for line in summary if "dropped classifier head" in line)
+    assert head_line.endswith("1 (fc.weight)")
+    cut_lines = [line for line in summary if "stages it cuts off" in line]
+    assert len(cut_lines) == (dropped > 1)
 
 
 def _one_line_refusal(backbone_name: str, path, match: str) -> str:
