@@ -65,11 +65,12 @@ F2E_RECORDS="${F2E_RECORDS:-$REPO/bench/records/face2exp_ferplus}"
 TABLES="${TABLES:-main 7class stages}"
 EXTRA=""
 [ "${REPORT_ONLY:-0}" = 1 ] && EXTRA="--report-only"
-if [ "${STOP:-0}" = 1 ]; then  # compare.py --stop on both tables; the same command without STOP resumes
+if [ "${STOP:-0}" = 1 ]; then  # compare.py --stop on every table; the same command without STOP resumes
   rc=0
-  "$PYTHON" "$REPO/bench/compare.py" --stop --output "$OUT" || rc=$?
-  "$PYTHON" "$REPO/bench/compare.py" --stop --output "$OUT/7class" || rc=$?
-  "$PYTHON" "$REPO/bench/compare.py" --stop --output "$OUT/stages" || rc=$?
+  for dir in "$OUT" "$OUT/7class" "$OUT/stages" "$OUT/methods" "$OUT/face2exp"; do
+    [ -d "$dir" ] || continue  # a table never started here
+    "$PYTHON" "$REPO/bench/compare.py" --stop --output "$dir" || rc=$?
+  done
   exit "$rc"
 fi
 
