@@ -348,7 +348,10 @@ def run_form(form: str, args: argparse.Namespace, payload_path: str) -> dict:
     reset_peak(device)
     sync(device)
     start, cpu_start = time.perf_counter(), time.process_time()
-    engine.train_one_epoch(model, method, loader, optimizer, NoSchedule(), scaler, device, options,
+    # --compile: train.py's --compile (torch.compile of the whole model) in the optimised form; the
+    # warm-up steps absorb the compilation.
+    train_model = torch.compile(model) if optimised and args.compile else model
+    engine.train_one_epoch(train_model, method, loader, optimizer, NoSchedule(), scaler, device, options,
                            engine.TrainProgress(), total, on_step, show_progress=False)
     train_peak = peak_mb(device)
     times = [b - a for a, b in zip([start, *stamps[:-1]], stamps)][args.warmup:]
@@ -463,7 +466,7 @@ def report(args: argparse.Namespace, results: dict, data: dict | None) -> int:
     print(f"naive:     two-pass, fp32, contiguous, for-loop {args.opt}")
     precision = "fp32" if fast["amp"] == "off" else f"{fast['amp']} autocast"
     print(f"optimised: {fast['flip_forward']}, {precision}, {'channels-last' if fast['channels_last'] else 'contiguous'}, "
-          f"fused {args.opt}")
+          f"fused {args.opt}{', torch.compile' if args.compile else ''}")
     print(f"evaluation (engine.predict) computes attention maps: "
           f"{ {True: 'YES (wasted work)', False: 'no', None: 'not measured'}[fast['eval_with_maps']] }")
     print(f"{'':24s}{'naive':>12s}{'optimised':>12s}{'ratio':>8s}")
@@ -529,6 +532,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
                    help="optimised form's memory format: auto = contiguous for transformers; for CNNs "
                         "channels-last only where a timed probe of this model and batch finds it faster")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model in the optimised form, as train.py --compile (training steps only)")
     p.add_argument("--flip-forward", choices=["auto", "one-pass", "two-pass"], default="auto",
                    help="optimised form's mirror pass, as train.py's flag (auto: one pass where exact, no BatchNorm)")
     p.add_argument("--opt", default="auto", help="auto = adamw for transformers, adam for CNNs (train_exp.sh)")
