@@ -153,3 +153,21 @@ def test_ferplus_driver_refuses_an_unknown_table_and_finds_the_python(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHON", "VIRTUAL_ENV")}
     found = subprocess.run(["sh", "-c", probe], capture_output=True, text=True, env=env)
     assert found.stdout.strip() == str(venv_python)
+
+
+def test_ferplus_stop_reaches_every_table_that_was_started(tmp_path):
+    """STOP=1 sends compare.py --stop to each table folder that exists, the methods table included."""
+    log = tmp_path / "calls.log"
+    fake_python = tmp_path / "python"
+    fake_python.write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+    fake_python.chmod(0o755)
+    out = tmp_path / "out"
+    for table in ("methods", "7class"):
+        (out / table).mkdir(parents=True)
+    env = {**os.environ, "PYTHON": str(fake_python), "STOP": "1"}
+    result = subprocess.run(["sh", str(ROOT / "bench" / "ferplus.sh"), str(tmp_path), str(out)],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    compare = ROOT / "bench" / "compare.py"
+    assert log.read_text().splitlines() == [f"{compare} --stop --output {out}{suffix}"
+                                            for suffix in ("", "/7class", "/methods")]
