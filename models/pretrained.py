@@ -92,8 +92,9 @@ class LoadReport:
 
     def summary(self) -> str:
         """Multi-line human-readable account of the load."""
-        # dropped_head also holds the stages a truncated backbone cuts off (dlib_resnet_l3 drops
-        # level0-2): listed apart, so the summary does not call them a head.
+        # dropped_head also holds tensors outside the backbone that are no head: the stages a
+        # truncated backbone cuts off (dlib_resnet_l3 drops level0-2) or the rest of a bigger
+        # saved model. Listed apart, so the summary does not call them a head.
         head = [name for name in self.dropped_head if name.startswith(HEAD_PREFIXES)]
         cut = [name for name in self.dropped_head if not name.startswith(HEAD_PREFIXES)]
         lines = [
@@ -102,7 +103,8 @@ class LoadReport:
             f"  matched: {len(self.matched)} tensors; backbone parameters loaded: "
             f"{100 * self.loaded_fraction:.1f}% (by element count)",
             f"  dropped classifier head: {_short_list(head)}",
-            *([f"  dropped, outside this backbone (stages it cuts off): {_short_list(cut)}"] if cut else []),
+            *([f"  dropped, outside this backbone (stages it cuts off, or the rest of a bigger "
+                f"model): {_short_list(cut)}"] if cut else []),
             f"  missing from file (left at init): {_short_list(self.missing)}",
             f"  unexpected in file (ignored): {_short_list(self.unexpected)}",
         ]
