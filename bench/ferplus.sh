@@ -37,9 +37,10 @@
 #                    docs/face_backbone.md), and level2 at dlib's own 150 px, 2 epochs each (the cosine
 #                    schedule over 2 epochs), in OUTPUT_DIR/stages: which stage and input size to
 #                    fine-tune from, at a fifth of the budget
-# The methods table (not in the default TABLES; 36 runs of about 80 minutes on one thread of a 2-vCPU
+# The methods table (not in the default TABLES; 42 runs of about 80 minutes on one thread of a 2-vCPU
 # CPU): ce-dlib's model, data and budget (10 epochs: ce levels off after about 9) for ce, mek at the
-# paper's eps 0.3 / lambda 0.1, mek-p0.5-deferred (MEK_FER2013 below), eac (lambda 5), focal
+# paper's eps 0.3 / lambda 0.1, mek-p0.5-deferred (MEK_FER2013 below), mek-rsl and mek-rac (one of MEK's
+# two terms alone, at the paper's setting: which of them moves mean class accuracy), eac (lambda 5), focal
 # (gamma 2), ldam (margin 0.5, scale 30, DRW from epoch 8), balanced-softmax, logit-adjust (tau 1,
 # in the loss and post hoc), rul, dan, and ce-soft (cross-entropy on the annotators' vote
 # distributions); seeds 0, 1, 2; in OUTPUT_DIR/methods, records in METHODS_RECORDS (default
@@ -114,6 +115,7 @@ for table in $TABLES; do
               --arm level2-150="--method ce $DLIB --backbone dlib_resnet_l2 --img-size 150" --baseline level2 ;;
     methods) compare "$OUT/methods" "$METHODS_RECORDS" "--epochs 10" 0,1,2 --arm ce="--method ce $DLIB" \
                --arm mek="--method mek $DLIB" --arm mek-p0.5-deferred="--method mek $DLIB $MEK_FER2013" \
+               --arm mek-rsl="--method mek $DLIB --rac-weight 0" --arm mek-rac="--method mek $DLIB --rsl-eps 0" \
                --arm eac="--method eac $DLIB" --arm focal="--method focal $DLIB" --arm ldam="--method ldam $DLIB" \
                --arm balanced-softmax="--method balanced-softmax $DLIB" \
                --arm logit-adjust="--method logit-adjust $DLIB" \
