@@ -61,10 +61,10 @@ def measure(model, images, labels, weights, eps=EPS, lam=LAM, grads=True, disgus
     mirrored = torch.flip(images, dims=[3])
     feats_all = feature_map(model.backbone, torch.cat([images, mirrored]))
     feats, feats_m = feats_all.chunk(2)
-    logits = model.head(feats.mean(dim=(2, 3)))
-    wdet = model.head.weight.detach()
-    maps_all = torch.einsum("kc,bchw->bkhw", wdet, feats_all)
-    maps, maps_m = maps_all.chunk(2)
+    # The CAM head pools F itself; its maps use the detached head weight, as in training.
+    out_all = model.head(feats_all, with_maps=True)
+    logits = out_all.logits[: images.shape[0]]
+    maps, maps_m = out_all.attention_maps.chunk(2)
     logp = F.log_softmax(logits.float(), 1)
     ce = F.nll_loss(logp, labels)
     t = rebalanced_smooth_targets(labels, weights, eps)
@@ -73,7 +73,7 @@ def measure(model, images, labels, weights, eps=EPS, lam=LAM, grads=True, disgus
     smooth = -(t_others * logp).sum(1).mean()
     rac = rebalanced_attention_consistency(maps, maps_m, weights)
     aligned = torch.flip(maps_m, dims=[3])
-    per_class = ((maps - aligned) ** 2).mean(dim=(2, 3)).mean(0) * weights
+    per_class = ((maps - aligned) ** 2).mean(dim=(2, 3)).mean(0).detach() * weights
     out = {"ce": float(ce.detach()), "smooth": float(smooth.detach()), "rac": float(rac.detach()),
            "rac_disgust_share": float(per_class[disgust] / per_class.sum().clamp_min(1e-12))}
     if not grads:

@@ -171,3 +171,31 @@ def test_ferplus_stop_reaches_every_table_that_was_started(tmp_path):
     compare = ROOT / "bench" / "compare.py"
     assert log.read_text().splitlines() == [f"{compare} --stop --output {out}{suffix}"
                                             for suffix in ("", "/7class", "/methods")]
+
+
+def test_fer2013_probe_measures_the_training_terms_of_the_current_heads():
+    """bench/fer2013_probe.py (and bench/ferplus_probe.py, which uses it) measures CE and RAC as the model
+    computes them: its head takes the feature map and returns the maps from the detached head weight."""
+    import torch
+    import torch.nn.functional as F
+
+    from losses.rebalanced_attention_consistency import rebalanced_attention_consistency
+    from models import build_model
+
+    spec = importlib.util.spec_from_file_location("fer2013_probe", ROOT / "bench" / "fer2013_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=7, img_size=64).eval()  # eval: BN the same in one and two passes
+    images, labels = torch.randn(4, 3, 64, 64), torch.tensor([0, 2, 5, 6])
+    weights = torch.rand(7) + 0.5
+    out, *_ = probe.measure(model, images, labels, weights, disgust=2)
+    with torch.no_grad():
+        direct = model(images, with_maps=True)
+        mirror = model(torch.flip(images, dims=[3]), with_maps=True)
+        rac = rebalanced_attention_consistency(direct.attention_maps, mirror.attention_maps, weights)
+        ce = F.cross_entropy(direct.logits, labels)
+    assert abs(out["ce"] - float(ce)) < 1e-4 * max(1.0, float(ce))
+    assert abs(out["rac"] - float(rac)) < 1e-4 * max(1.0, float(rac))
+    assert all(out[k] > 0 for k in ("g_ce", "g_smooth", "g_rac", "feat_flip_asym"))
+    assert 0.0 <= out["rac_disgust_share"] <= 1.0
