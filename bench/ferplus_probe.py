@@ -26,13 +26,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from fer2013_probe import measure  # noqa: E402
+from fer2013_probe import EPS, LAM, measure  # noqa: E402
+from data import DatasetError  # noqa: E402
 from data.loaders import build_data  # noqa: E402
 from losses import class_weights_from_counts  # noqa: E402
 from train import parse_args  # noqa: E402
 from utils.build import build_network  # noqa: E402
 from utils.distributed import init_distributed  # noqa: E402
+from utils.logging import error_exit  # noqa: E402
 
+EAC_LAMBDA = 5.0  # the official --lam (methods/eac.py)
 # bench/ferplus.sh's DLIB and COMMON flags that shape the model and the batches (not the optimiser).
 RUN_FLAGS = ["--dataset", "ferplus", "--backbone", "dlib_resnet", "--pretrained", "dlib", "--norm", "dlib",
              "--img-size", "112", "--batch-size", "64", "--workers", "0", "--val-fraction", "0.1",
@@ -45,12 +48,17 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=3)
     p.add_argument("--out", default=None, help="also write the measurements here as JSON")
     cli = p.parse_args()
+    if cli.batches < 1:
+        p.error(f"--batches must be at least 1 (got {cli.batches})")
     args = parse_args(["--method", "ce", "--data-root", cli.data_root, "--output", "/nonexistent-probe-output",
                        *RUN_FLAGS])
     args.device_type, args.world_size = "cpu", 1  # what train.py's setup_run sets
     torch.manual_seed(args.seed)
     dist_info = init_distributed("cpu")
-    data = build_data(args, dist_info)
+    try:
+        data = build_data(args, dist_info)
+    except DatasetError as exc:
+        error_exit(f"--data-root {cli.data_root}: {exc}")
     train_set, train_loader = data.train_set, data.train_loader
     model, _, _ = build_network(args, args.backbone, "cam", len(train_set.classes), torch.device("cpu"), dist_info)
     model.train()
@@ -62,9 +70,9 @@ def main() -> None:
     for batch, (images, labels, *_) in enumerate(train_loader):
         if batch == cli.batches:
             break
-        mek, *_ = measure(model, images, labels, mek_weights, eps=0.3, lam=0.1, disgust=disgust)
-        mek_c, *_ = measure(model, images, labels, mek_weights, eps=0.3, lam=0.1, grads=False, disgust=contempt)
-        eac, *_ = measure(model, images, labels, eac_weights, eps=0.3, lam=5.0, disgust=disgust)
+        mek, *_ = measure(model, images, labels, mek_weights, eps=EPS, lam=LAM, disgust=disgust)
+        mek_c, *_ = measure(model, images, labels, mek_weights, eps=EPS, lam=LAM, grads=False, disgust=contempt)
+        eac, *_ = measure(model, images, labels, eac_weights, eps=EPS, lam=EAC_LAMBDA, disgust=disgust)
         row = {"batch": batch, "ce": mek["ce"], "g_ce_x0.7": mek["g_ce"], "g_smooth_x0.3": mek["g_smooth"],
                "rac": mek["rac"], "g_rac_x0.1": mek["g_rac"], "rac_disgust_share": mek["rac_disgust_share"],
                "rac_contempt_share": mek_c["rac_disgust_share"], "eac_term": eac["rac"], "g_eac_x5": eac["g_rac"],
@@ -73,11 +81,10 @@ def main() -> None:
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     mean = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0] if k != "batch"}
     print("mean", json.dumps({k: round(v, 4) for k, v in mean.items()}))
-    # The cross-entropy part of EAC's gradient is the full CE's: (1 - eps) CE's gradient / 0.7.
+    g_ce = mean["g_ce_x0.7"] / (1 - EPS)  # measure() reports (1 - eps) CE's gradient; the ratios use CE's own
     print(f"at step 0, gradient norm at F relative to cross-entropy's: MEK's lambda*RAC "
-          f"{mean['g_rac_x0.1'] / (mean['g_ce_x0.7'] / 0.7):.2f}, EAC's lambda*term "
-          f"{mean['g_eac_x5'] / (mean['g_ce_x0.7'] / 0.7):.2f}, RSL's smoothing part "
-          f"{mean['g_smooth_x0.3'] / (mean['g_ce_x0.7'] / 0.7):.2f}")
+          f"{mean['g_rac_x0.1'] / g_ce:.2f}, EAC's lambda*term {mean['g_eac_x5'] / g_ce:.2f}, "
+          f"RSL's smoothing part {mean['g_smooth_x0.3'] / g_ce:.2f}")
     if cli.out:
         Path(cli.out).write_text(json.dumps({"classes": classes, "counts": counts, "rows": rows, "mean": mean}, indent=1))
 
