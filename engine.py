@@ -47,6 +47,9 @@ class TrainProgress:
 
     The loss terms of each step are added on the device (float64, so the sums equal those of
     Python floats) and copied to the host only when read: one sync per log, not per step.
+    ``elapsed_s`` is the training loop's wall-clock before this process (restored by a resume), so
+    :meth:`elapsed` counts a run stopped and resumed as if it had run through: each segment's
+    start-up is left out, and the steps redone after a kill are counted once.
     """
 
     epoch: int = 0
@@ -55,10 +58,20 @@ class TrainProgress:
     sums: dict[str, float] = field(default_factory=dict)
     batches: int = 0
     skipped_nonfinite: int = 0
+    elapsed_s: float = 0.0
 
     def __post_init__(self) -> None:
         self._pending: dict[str, torch.Tensor] = {}
         self.lr = float("nan")  # the logged learning rate of the last step (not saved: set by every step)
+        self._clock_start: float | None = None
+
+    def start_clock(self) -> None:
+        """The training loop starts (or resumes) now."""
+        self._clock_start = time.time()
+
+    def elapsed(self) -> float:
+        """Seconds of training loop so far, earlier segments of a resumed run included."""
+        return self.elapsed_s + (0.0 if self._clock_start is None else time.time() - self._clock_start)
 
     def next_epoch(self, steps_per_epoch: int) -> None:
         """Start the next epoch, or the current one if it has not begun (a resume at an epoch's start)."""
@@ -89,7 +102,8 @@ class TrainProgress:
     def state_dict(self) -> dict:
         self._sync()
         return {"epoch": self.epoch, "step": self.step, "batch_in_epoch": self.batch_in_epoch,
-                "sums": dict(self.sums), "batches": self.batches, "skipped_nonfinite": self.skipped_nonfinite}
+                "sums": dict(self.sums), "batches": self.batches, "skipped_nonfinite": self.skipped_nonfinite,
+                "elapsed_s": self.elapsed()}
 
 
 def autocast(device: torch.device, amp: str):
@@ -312,10 +326,10 @@ class Evaluator:
     (``best.pth``), the metrics.jsonl record, the log lines and the curves figure."""
 
     def __init__(self, model: nn.Module, method, test_loader, val_loader, classes: list[str], device: torch.device,
-                 args, logger, run, best, show_progress: bool, start_time: float) -> None:
+                 args, logger, run, best, show_progress: bool) -> None:
         self.model, self.method, self.test_loader, self.val_loader = model, method, test_loader, val_loader
         self.classes, self.device, self.args, self.logger, self.run, self.best = classes, device, args, logger, run, best
-        self.show_progress, self.start_time = show_progress, start_time
+        self.show_progress = show_progress
         self.last: dict | None = None  # the test metrics of the last evaluation
 
     def _evaluate(self, model: nn.Module, loader, eval_logits=None, show_progress: bool = False) -> dict:
@@ -334,7 +348,7 @@ class Evaluator:
                     for name, (network, _) in self.method.networks().items()}
         is_best = self.best.update(progress.step, test, val)
         self.logger.write_metrics(eval_record(progress, averages, progress.lr, test, val, networks, self.classes,
-                                              self.best, time.time() - self.start_time))
+                                              self.best, progress.elapsed()))
         if self.logger.enabled:
             plot_curves(self.args.output)  # OUTPUT/curves.png: loss terms and accuracies so far
         for line in eval_lines(progress, averages, test, val, networks, self.classes):

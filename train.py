@@ -13,7 +13,6 @@ import math
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 
@@ -279,10 +278,9 @@ def main(args: argparse.Namespace) -> None:
     logger.write_config(config)
 
     # The epoch loop: train one epoch, evaluate, save last.pth (best.pth when chosen), honour a stop.
-    start_time = time.time()
+    progress.start_clock()
     show = not args.no_progress and dist_info.is_main
-    evaluate = engine.Evaluator(model, method, test_loader, val_loader, classes, device, args, logger, run, best,
-                                show, start_time)
+    evaluate = engine.Evaluator(model, method, test_loader, val_loader, classes, device, args, logger, run, best, show)
     stop = GracefulStop(device, distributed=dist_info.enabled)
     hooks = StepHooks(run, evaluate, stop, args.eval_interval, args.save_interval, total_steps, steps_per_epoch)
     try:
@@ -311,7 +309,7 @@ def main(args: argparse.Namespace) -> None:
         logger.info(bad_images_line(Path(args.output) / "bad_images.tsv"))
     if progress.skipped_nonfinite:
         logger.info(f"skipped {progress.skipped_nonfinite} batches with a non-finite loss")
-    logger.info(f"done in {time.time() - start_time:.0f}s; checkpoints in {args.output}")
+    logger.info(f"done in {progress.elapsed():.0f}s of training; checkpoints in {args.output}")
     for line in summary_lines(progress.step, evaluate.last, best, classes):
         logger.info(line)
     logger.close()

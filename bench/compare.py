@@ -35,7 +35,9 @@ Records. ``--records DIR`` (a folder in the repository, to commit) keeps a copy 
 run's small files (command.json, config.json, metrics.jsonl, done.json, wall_time.json, train.log;
 no checkpoints), and restores into OUTPUT (skipped there) a run finished there but not in OUTPUT:
 a comparison that outlives one machine (OUTPUT outside the work tree) loses no finished run. done.json
-names the machine each run trained on (CPU model, family/model, native bf16, threads).
+names the machine each run trained on (CPU model, family/model, native bf16, threads) and its wall
+time: every training process on the run, a stopped or killed one included (wall_time.json is rewritten
+every 30 s while an arm trains, so a compare.py killed with its machine loses at most that much).
 
 After each arm, and at the end, writes to OUTPUT (``--report-only`` just rewrites them; see
 bench/compare_report.py): ``results.csv`` (a row per arm and seed: last and best evaluation, best =
@@ -67,11 +69,12 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from compare_records import (command_mismatch, copy_record, finish_run, is_done, pid_alive, read_records,  # noqa: E402
-                             running_pid, sync_records)
+                             running_pid, sync_records, wall_so_far, write_wall)
 from compare_report import write_report  # noqa: E402
 
 RESERVED = ("--dataset", "--data-root", "--seed", "--output", "--steps", "--epochs", "--resume", "--overwrite")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")
+WALL_HEARTBEAT_S = 30.0  # how often a training arm's wall_time.json is rewritten
 
 
 def fail(message: str) -> None:
@@ -225,7 +228,7 @@ class Runner:
         env.pop("PYTHONPATH", None)
         self.say(f"== {label}: {'resuming' if resume else 'starting'} ({self.threads} threads) "
                  f"{_dt.datetime.now().strftime('%H:%M:%S')}; log {run_dir / 'train.log'}")
-        start = time.time()
+        before, start = wall_so_far(run_dir), time.time()
         with open(run_dir / "train.log", "a", encoding="utf-8") as log:
             log.write(f"\n# {_dt.datetime.now().isoformat(timespec='seconds')} {shlex.join(full)}\n")
             log.flush()
@@ -236,10 +239,15 @@ class Runner:
                 proc = self.popen(prefix + full, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
                 self.children[proc.pid] = proc
             (run_dir / "train.pid").write_text(f"{proc.pid}\n")
-            rc = proc.wait()
+            while True:  # wall_time.json kept current: a compare.py killed with its machine loses little of it
+                try:
+                    rc = proc.wait(timeout=WALL_HEARTBEAT_S)
+                    break
+                except subprocess.TimeoutExpired:
+                    write_wall(run_dir, before + time.time() - start)
             with self.lock:
                 self.children.pop(proc.pid, None)
-        wall = time.time() - start
+        wall = before + time.time() - start  # every process on this run, the killed ones' up to their last heartbeat
         (run_dir / "train.pid").unlink(missing_ok=True)
         finished = rc == 0 and is_done(run_dir)
         finish_run(run_dir, wall, self.threads, finished)

@@ -114,16 +114,27 @@ def copy_record(src: Path, dst: Path) -> None:
             os.replace(tmp, dst / name)
 
 
-def finish_run(run_dir: Path, wall: float, threads: int, finished: bool) -> float:
-    """After a training process on ``run_dir``: its wall time added to wall_time.json and, when it
-    ``finished``, done.json (wall time, total steps, the machine it trained on). The total wall time."""
+def wall_so_far(run_dir: Path) -> float:
+    """Seconds of wall time the run's earlier training processes took (wall_time.json; 0 for a new run)."""
     timing = run_dir / "wall_time.json"
-    total = round((json.loads(timing.read_text()).get("wall_s", 0.0) if timing.is_file() else 0.0) + wall, 1)
-    timing.write_text(json.dumps({"wall_s": total}) + "\n")
+    return float(json.loads(timing.read_text()).get("wall_s", 0.0)) if timing.is_file() else 0.0
+
+
+def write_wall(run_dir: Path, total: float) -> None:
+    """wall_time.json := ``total``, replaced atomically (it is rewritten while the run trains)."""
+    tmp = run_dir / f".wall_time.json.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps({"wall_s": round(total, 1)}) + "\n")
+    os.replace(tmp, run_dir / "wall_time.json")
+
+
+def finish_run(run_dir: Path, total: float, threads: int, finished: bool) -> None:
+    """After a training process on ``run_dir``: the run's ``total`` wall time (every process on it) in
+    wall_time.json and, when it ``finished``, done.json (wall time, total steps, the machine it trained on)."""
+    write_wall(run_dir, total)
     if finished:
         (run_dir / "done.json").write_text(json.dumps({
-            "wall_s": total, "total_steps": total_steps_of(run_dir), "machine": machine_line(), "threads": threads}) + "\n")
-    return total
+            "wall_s": round(total, 1), "total_steps": total_steps_of(run_dir), "machine": machine_line(),
+            "threads": threads}) + "\n")
 
 
 def sync_records(out: Path, records: Path, runs: list[tuple[str, int, list[str]]], moved: dict[str, str | None],

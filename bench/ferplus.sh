@@ -51,7 +51,7 @@
 # unlabelled faces are FERPlus's own training images, not face-recognition data as in the paper.
 # Finished runs' small files go to RECORDS (default bench/records/ferplus; commit it), so a fresh
 # machine trains only what the records lack. Time-to-accuracy: every evaluation's wall-clock time
-# is the "time" of metrics.jsonl (RESULTS.md's trajectory table, docs/results.md).
+# is the "time" of metrics.jsonl (summed over a resumed run's processes; RESULTS.md's trajectory table, docs/results.md).
 set -eu
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 DATA_ROOT="$(cd "${1:-$REPO/../shared/data/ferplus}" && pwd)"

@@ -99,7 +99,7 @@ def test_stopped_arm_resumes_with_resume_auto(tmp_path):
             launched.append(argv)
             assert kwargs["env"]["OMP_NUM_THREADS"] == "3"
 
-        def wait(self):
+        def wait(self, timeout=None):
             return 1  # as a training run that failed
 
     args.threads = 3
@@ -109,6 +109,41 @@ def test_stopped_arm_resumes_with_resume_auto(tmp_path):
     assert [a[a.index("--method") + 1] for a in launched] == ["ce", "focal"]
     assert launched[0][-2:] == ["--resume", "auto"] and launched[1][-1] == "--overwrite"
     assert runner.failed == ["ce seed 0", "focal seed 0"]
+
+
+def test_wall_time_counts_every_process_and_survives_a_killed_compare(tmp_path, monkeypatch):
+    """wall_time.json is rewritten while an arm trains, so the process of a compare.py killed with its
+    machine still counts, and the run's total adds this process's time to it."""
+    args, arms, common = compare.parse_args(["--dataset", "demo", "--methods", "ce", "--steps", "20",
+                                             "--output", str(tmp_path)])
+    run_dir = tmp_path / "ce" / "seed0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "last.pth").write_bytes(b"x")
+    (run_dir / "wall_time.json").write_text(json.dumps({"wall_s": 1000.0}))  # a killed process's last heartbeat
+    monkeypatch.setattr(compare, "WALL_HEARTBEAT_S", 0.01)
+    seen = []
+
+    class FakeProc:
+        pid = 12345
+        calls = 0
+
+        def __init__(self, argv, **kwargs):
+            pass
+
+        def wait(self, timeout=None):
+            FakeProc.calls += 1
+            seen.append(json.loads((run_dir / "wall_time.json").read_text())["wall_s"])
+            if FakeProc.calls < 3:
+                time.sleep(0.25)  # still training
+                raise subprocess.TimeoutExpired("train.py", timeout)
+            return 1
+
+    runner = compare.Runner(args, arms, common)
+    runner.popen = FakeProc
+    runner.run()
+    # Before the first heartbeat the earlier processes' 1000 s; then 1000 s plus this one's, so far.
+    assert seen[0] == 1000.0 and 1000.2 <= seen[1] < seen[2] and seen[2] >= 1000.5
+    assert json.loads((run_dir / "wall_time.json").read_text())["wall_s"] >= seen[2]
 
 
 def test_stop_flag_stops_the_running_comparison_with_a_checkpoint(demo_root, tmp_path):

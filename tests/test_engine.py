@@ -205,3 +205,23 @@ def test_skip_nonfinite_skips_the_update_and_counts_it():
     assert all(math.isfinite(v) for v in progress.averages().values())
     assert torch.equal(snapshots[1], snapshots[0])  # the skipped step did not move the weights
     assert not torch.equal(snapshots[2], snapshots[1])  # the next one did
+
+
+def test_elapsed_time_carries_over_a_resume(monkeypatch):
+    """metrics.jsonl's "time" is TrainProgress.elapsed(): a resumed run continues the clock of the
+    checkpoint it resumed from instead of starting again at 0 (times in s, from a fake clock)."""
+    now = [1000.0]
+    monkeypatch.setattr(engine.time, "time", lambda: now[0])
+    first = engine.TrainProgress()
+    assert first.elapsed() == 0.0  # clock not started
+    first.start_clock()
+    now[0] = 1250.0
+    saved = first.state_dict()  # the checkpoint, 250 s into the loop
+    assert saved["elapsed_s"] == 250.0
+    now[0] = 1400.0  # killed 150 s later; those steps are redone and not counted twice
+    now[0] = 5000.0  # a new process, hours later
+    resumed = engine.TrainProgress(**saved)
+    resumed.start_clock()
+    now[0] = 5030.0  # 30 s into the second process
+    assert resumed.elapsed() == 280.0
+    assert engine.TrainProgress(**{k: v for k, v in saved.items() if k != "elapsed_s"}).elapsed() == 0.0  # old checkpoint

@@ -69,9 +69,12 @@ def _kill_at_a_random_step_then_resume(run: list[str], demo_root: Path, output: 
     killed_at = torch.load(output / "last.pth", map_location="cpu", weights_only=True)["progress"]["step"]
     assert 0 < killed_at < 16
 
+    trained_before = torch.load(output / "last.pth", map_location="cpu", weights_only=True)["progress"]["elapsed_s"]
     resumed = subprocess.run([*command, "--resume", "auto"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"at epoch {killed_at // 8}, step {killed_at}" in resumed.stdout
+    # The loop's clock goes on from the checkpoint's: the last evaluation's time includes the killed process's.
+    assert trained_before > 0 and read_metrics(output / "metrics.jsonl")[-1]["time"] > trained_before
 
 
 def _assert_same_run(reference: Path, output: Path) -> None:
