@@ -218,8 +218,7 @@ def test_elapsed_time_carries_over_a_resume(monkeypatch):
     now[0] = 1250.0
     saved = first.state_dict()  # the checkpoint, 250 s into the loop
     assert saved["elapsed_s"] == 250.0
-    now[0] = 1400.0  # killed 150 s later; those steps are redone and not counted twice
-    now[0] = 5000.0  # a new process, hours later
+    now[0] = 5000.0  # killed after the checkpoint (the steps since are redone, not counted twice); a new process
     resumed = engine.TrainProgress(**saved)
     resumed.start_clock()
     now[0] = 5030.0  # 30 s into the second process

@@ -66,10 +66,10 @@ def _kill_at_a_random_step_then_resume(run: list[str], demo_root: Path, output: 
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
     assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    killed_at = torch.load(output / "last.pth", map_location="cpu", weights_only=True)["progress"]["step"]
+    saved = torch.load(output / "last.pth", map_location="cpu", weights_only=True)["progress"]
+    killed_at, trained_before = saved["step"], saved["elapsed_s"]
     assert 0 < killed_at < 16
 
-    trained_before = torch.load(output / "last.pth", map_location="cpu", weights_only=True)["progress"]["elapsed_s"]
     resumed = subprocess.run([*command, "--resume", "auto"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"at epoch {killed_at // 8}, step {killed_at}" in resumed.stdout
