@@ -304,6 +304,10 @@ class Runner:
         for arm, seed in jobs:  # before anything runs: an arm's flags may not change between runs
             self.check_recorded(arm, seed, self.out / arm.name / f"seed{seed}",
                                 "Use another --output, or delete that folder")
+            try:  # nor its time record be unreadable (a lane thread would die on it mid-run)
+                wall_so_far(self.out / arm.name / f"seed{seed}")
+            except ValueError as exc:
+                fail(str(exc))
         pending = list(jobs)
         queue_lock = threading.Lock()
 
@@ -427,7 +431,10 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.report_only:
         Runner(args, arms, common).sync_records()
-        rows = write_report(out, arms, args)
+        try:
+            rows = write_report(out, arms, args)
+        except ValueError as exc:  # an unreadable record: name it rather than print a traceback
+            fail(str(exc))
         print(f"wrote {out / 'RESULTS.md'} ({sum(r['status'] == 'done' for r in rows)} finished runs)")
         return 0
     lock = out / "compare.pid"

@@ -114,10 +114,23 @@ def copy_record(src: Path, dst: Path) -> None:
             os.replace(tmp, dst / name)
 
 
+def read_timing(path: Path) -> dict:
+    """done.json or wall_time.json as a dict with a numeric ``wall_s``; ValueError naming the file
+    for anything else (a hand-edited or truncated record), so no caller reads a wrong time."""
+    try:
+        timing = json.loads(path.read_text())
+        if not isinstance(timing, dict) or not isinstance(timing.get("wall_s"), (int, float)):
+            raise ValueError('it has no numeric "wall_s"')
+    except ValueError as exc:
+        raise ValueError(f"{path}: not a wall-time record ({exc}); write {{\"wall_s\": SECONDS}} into it, "
+                         "the seconds the run has trained so far, or delete it to count from 0") from None
+    return timing
+
+
 def wall_so_far(run_dir: Path) -> float:
     """Seconds of wall time the run's earlier training processes took (wall_time.json; 0 for a new run)."""
     timing = run_dir / "wall_time.json"
-    return float(json.loads(timing.read_text()).get("wall_s", 0.0)) if timing.is_file() else 0.0
+    return float(read_timing(timing)["wall_s"]) if timing.is_file() else 0.0
 
 
 def write_wall(run_dir: Path, total: float) -> None:

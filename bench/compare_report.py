@@ -18,7 +18,7 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from compare_records import is_done, machine_line, read_records, total_steps_of
+from compare_records import is_done, machine_line, read_records, read_timing, total_steps_of
 
 if TYPE_CHECKING:
     from compare import Arm
@@ -46,7 +46,7 @@ def collect(out: Path, arms: list[Arm]) -> list[dict]:
             wall, machine = None, ""
             for name in ("done.json", "wall_time.json"):
                 if (run_dir / name).is_file():
-                    timing = json.loads((run_dir / name).read_text())
+                    timing = read_timing(run_dir / name)
                     wall = timing.get("wall_s")
                     if timing.get("machine"):
                         machine = f"{timing['machine']}; {timing.get('threads', '?')} torch threads"

@@ -187,6 +187,28 @@ def test_changed_flags_are_refused(tmp_path, capsys):
     assert exc.value.code == 2 and "command.json is not a command record" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("text", ["{\"wall_s\": 12", "[1, 2]", "{\"wall_s\": \"soon\"}"])
+def test_unreadable_wall_time_is_one_error_naming_the_file(tmp_path, capsys, text):
+    """A truncated or hand-edited wall_time.json stops compare.py before anything trains (not a
+    traceback in a lane thread), names the file, and is left as it was; --report-only says the same."""
+    argv = ["--dataset", "demo", "--methods", "ce", "--steps", "20", "--output", str(tmp_path)]
+    args, arms, common = compare.parse_args(argv)
+    run_dir = tmp_path / "ce" / "seed0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "wall_time.json").write_text(text)
+    (run_dir / "metrics.jsonl").write_text(json.dumps(
+        {"step": 10, "mean_acc": 0.1, "overall_acc": 0.2, "macro_f1": 0.1, "per_class_acc": [0.1], "classes": ["a"]}) + "\n")
+    runner = compare.Runner(args, arms, common)
+    runner.popen = lambda *a, **k: pytest.fail("trained despite an unreadable wall_time.json")
+    for call in (runner.run, lambda: compare.main([*argv, "--report-only"])):
+        with pytest.raises(SystemExit) as exc:
+            call()
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exc.value.code == 2 and len(err) == 1, err
+        assert str(run_dir / "wall_time.json") in err[0] and "not a wall-time record" in err[0]
+    assert (run_dir / "wall_time.json").read_text() == text
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--methods", "ce,nosuch"], "method 'nosuch' is unknown"),
     (["--methods", "ce", "--dataset", "nosuch"], "--dataset 'nosuch' is unknown"),
