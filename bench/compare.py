@@ -423,6 +423,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     return args, arms, common
 
 
+def report(out: Path, arms: list[Arm], args: argparse.Namespace) -> list[dict]:
+    """write_report, with an unreadable record named in one error line rather than a traceback."""
+    try:
+        return write_report(out, arms, args)
+    except ValueError as exc:
+        fail(str(exc))
+
+
 def main(argv: list[str] | None = None) -> int:
     args, arms, common = parse_args(argv)
     out = Path(args.output)
@@ -431,10 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.report_only:
         Runner(args, arms, common).sync_records()
-        try:
-            rows = write_report(out, arms, args)
-        except ValueError as exc:  # an unreadable record: name it rather than print a traceback
-            fail(str(exc))
+        rows = report(out, arms, args)
         print(f"wrote {out / 'RESULTS.md'} ({sum(r['status'] == 'done' for r in rows)} finished runs)")
         return 0
     lock = out / "compare.pid"
@@ -449,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"compare.py: {len(arms)} arms, {sum(len(a.seeds) for a in arms)} runs, {args.lanes} lane(s) x "
               f"{runner.threads} thread(s), output {out}", flush=True)
         runner.run()
-        write_report(out, arms, args)
+        report(out, arms, args)
     finally:
         lock.unlink(missing_ok=True)
     if runner.stopping:
