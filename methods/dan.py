@@ -14,7 +14,9 @@ fc + BN1d to the logits. The loss (official weights 1 and 1):
   initialised N(0, 1) as officially, created when the optimiser is built (C is the backbone's
   width) and optimised with the network (``param_groups`` adds them; the official optimiser is
   ``model.parameters() + criterion_af.parameters()``, all weight-decayed). Under DDP their gradient
-  is averaged over the processes by a hook (they are outside the DDP-wrapped model).
+  is averaged over the processes by a hook (they are outside the DDP-wrapped model), so they stay
+  equal only if they start equal: they are drawn from a generator of their own seeded with
+  ``--seed``, not from the global one, which train.py seeds with seed + rank.
 - L_pt, partition loss (``losses/partition.py``): log(1 + n / mean variance across the heads).
 
 Official recipes: RAF-DB, SGD (plain momentum 0.9) lr 0.1, weight decay 1e-4 on everything,
@@ -77,11 +79,15 @@ class DAN(Method):
         self.backbone = getattr(args, "backbone", "?")
         self.decay_all = getattr(args, "weight_decay_scope", "filtered") == "all"
         self.centers: nn.Parameter | None = None  # (K, C): C is known once the model is
+        self.seed = int(getattr(args, "seed", 0))  # the run's seed, the same on every rank
 
     def ensure_centers(self, feature_dim: int, device: torch.device | str) -> nn.Parameter:
         """Create the class centres N(0, 1), one per class of the dataset (no-op once they exist)."""
         if self.centers is None:
-            self.centers = nn.Parameter(torch.randn(self.prior.num_classes, feature_dim).to(device))
+            # Every rank draws the same centres (the global generator differs per rank).
+            generator = torch.Generator().manual_seed(self.seed)
+            centers = torch.randn(self.prior.num_classes, feature_dim, generator=generator)
+            self.centers = nn.Parameter(centers.to(device))
             self.centers.register_hook(_average_over_processes)
         elif self.centers.shape[1] != feature_dim:
             raise ValueError(f"DAN's class centres have {self.centers.shape[1]} dimensions, the backbone gives {feature_dim}")

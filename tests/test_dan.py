@@ -174,3 +174,50 @@ def test_affectnet_recipe_trains_with_eight_centres_and_test_py_evaluates_it(tmp
     metrics = test_script.cli([str(output / "last.pth"), "--workers", "0", "--no-progress", "--out-dir", str(tmp_path)])
     assert metrics["overall_acc"] == pytest.approx(record["overall_acc"], abs=1e-9)
     assert metrics["per_class_acc"] == pytest.approx(record["per_class_acc"], abs=1e-9)
+
+
+# --------------------------------------------------------------------------- two ranks (gloo)
+def record_centres_worker(out_dir: str, argv: list[str]) -> None:
+    """train.py under torchrun, each rank writing its own class centres whenever last.pth is saved
+    (the checkpoint holds rank 0's only)."""
+    from utils import run_state
+
+    save = run_state.RunState.save
+
+    def save_and_record(self, name, progress, metrics=None):
+        save(self, name, progress, metrics)
+        torch.save(self.method.centers.detach().cpu(),
+                   Path(out_dir) / f"centres_rank{self.dist_info.rank}_step{progress.step}.pt")
+
+    run_state.RunState.save = save_and_record
+    train.cli(argv)
+
+
+def test_centres_are_the_same_on_every_rank_of_a_two_process_run(tmp_path):
+    # train.py seeds each rank with seed + rank; centres drawn from that generator differed per
+    # rank, and averaging their gradients kept them different for the whole run.
+    from data.demo import generate_demo_dataset
+    from test_distributed import run_with_timeout, torchrun
+
+    root = generate_demo_dataset(tmp_path / "demo", num_train=64, num_test=21, image_size=32)
+    out = tmp_path / "centres"
+    out.mkdir()
+    argv = ["--method", "dan", "--dataset", "demo", "--data-root", str(root), "--img-size", "32", "--batch-size", "4",
+            "--steps", "3", "--save-interval", "1", "--device", "cpu", "--workers", "0", "--no-progress",
+            "--opt", "momentum", "--lr", "0.1", "--output", str(tmp_path / "run")]
+    run_with_timeout(torchrun(str(Path(__file__).resolve()), "--record-centres", str(out), *argv), cwd=ROOT)
+    steps = sorted({int(p.stem.rsplit("step", 1)[1]) for p in out.glob("centres_rank0_step*.pt")})
+    assert steps == [1, 2, 3]
+    for step in steps:
+        rank0, rank1 = (torch.load(out / f"centres_rank{r}_step{step}.pt") for r in (0, 1))
+        assert torch.equal(rank0, rank1), f"step {step}: rank 0 and rank 1 hold different class centres"
+    first, last = (torch.load(out / f"centres_rank0_step{s}.pt") for s in (1, 3))
+    assert not torch.equal(first, last)  # trained, not merely equal
+    saved = torch.load(tmp_path / "run" / "last.pth", map_location="cpu", weights_only=False)["extra"]["centers"]
+    assert torch.equal(saved, last)
+
+
+if __name__ == "__main__":
+    # torchrun tests/test_dan.py --record-centres DIR train.py flags...
+    assert sys.argv[1] == "--record-centres"
+    record_centres_worker(sys.argv[2], sys.argv[3:])
