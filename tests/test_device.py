@@ -47,6 +47,26 @@ def test_explicit_amp_always_wins(tmp_path):
         device_utils.resolve_amp("fp8", CPU)
 
 
+def fake_gpu(monkeypatch, name: str, capability: tuple[int, int]) -> None:
+    """A CUDA device as torch reports it: is_bf16_supported()'s default counts emulation (torch
+    2.14.1 torch/cuda/__init__.py), so it is True on a V100 too."""
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                        lambda including_emulation=True: including_emulation or capability[0] >= 8)
+
+
+@pytest.mark.parametrize("name,capability,expected", [
+    ("Tesla V100-SXM2-16GB", (7, 0), "fp16"), ("Tesla T4", (7, 5), "fp16"),
+    ("NVIDIA A100-SXM4-40GB", (8, 0), "bf16"), ("NVIDIA H100 80GB HBM3", (9, 0), "bf16")])
+def test_auto_on_cuda_is_bf16_only_where_native(monkeypatch, name, capability, expected):
+    fake_gpu(monkeypatch, name, capability)
+    amp, reason = device_utils.resolve_amp("auto", torch.device("cuda", 0), probe=never)
+    assert amp == expected
+    assert name in reason and f"compute capability {capability[0]}.{capability[1]}" in reason
+
+
 def test_auto_on_a_cpu_without_bf16_flags_is_fp32_without_probing(tmp_path):
     amp, reason = device_utils.resolve_amp("auto", CPU, probe=never, cache_dir=tmp_path, cpuinfo=MILAN)
     assert amp == "off" and "AMD EPYC 7763" in reason and "emulated" in reason

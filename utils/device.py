@@ -3,7 +3,8 @@
 
     python -m utils.device --choose-amp          # prints off | bf16 | fp16 (the reason on stderr)
 
-On CUDA, ``--amp auto`` is bf16 where the GPU supports it, else fp16. On a CPU it is bf16 only
+On CUDA, ``--amp auto`` is bf16 where the GPU computes it in hardware (compute capability 8.0+:
+Ampere and later; ROCm), else fp16 with a gradient scaler: V100 and T4 only emulate bf16. On a CPU it is bf16 only
 where a short timed probe (fp32 against bf16 autocast, a convolution block and a transformer
 MLP, forward + backward) finds bf16 faster; the probe's result is cached per machine (CPU model,
 its bf16-related flags, torch version) under ``$XDG_CACHE_HOME/fer-mek`` (default
@@ -47,6 +48,15 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
+
+
+def cuda_has_native_bf16(device: torch.device | str | int) -> bool:
+    """Whether this GPU computes bf16 in hardware: compute capability 8.0+ (Ampere and later), or
+    ROCm. ``torch.cuda.is_bf16_supported()``'s default also counts emulation (V100, T4), where
+    bf16 autocast is slower than fp16 with a scaler."""
+    if torch.version.hip:
+        return True
+    return torch.cuda.get_device_capability(device)[0] >= 8
 
 
 def _read_cpuinfo() -> str | None:
@@ -192,7 +202,7 @@ def resolve_amp(requested: str, device: torch.device | str, probe: Callable[[], 
     """The autocast precision to train with ('off' | 'bf16' | 'fp16') and a one-line reason for the log.
 
     An explicit ``requested`` (off, bf16, fp16) always wins. 'auto': CUDA -> bf16 where
-    supported, else fp16; CPU -> bf16 only where ``probe`` (default :func:`bf16_probe`; cached
+    native (:func:`cuda_has_native_bf16`), else fp16; CPU -> bf16 only where ``probe`` (default :func:`bf16_probe`; cached
     per machine in ``cache_dir``) measures it at least ``BF16_MIN_SPEEDUP`` times fp32's speed;
     a Linux CPU without any bf16 flag is not probed (bf16 is emulated there); other devices: off.
     """
@@ -202,9 +212,11 @@ def resolve_amp(requested: str, device: torch.device | str, probe: Callable[[], 
             raise ValueError(f"--amp {requested!r}: expected one of {', '.join(AMP_CHOICES)}")
         return requested, f"--amp {requested} as requested"
     if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return "bf16", f"--amp auto: bf16 (supported by {torch.cuda.get_device_name(device)})"
-        return "fp16", f"--amp auto: fp16 with a gradient scaler ({torch.cuda.get_device_name(device)} has no bf16)"
+        name, (major, minor) = torch.cuda.get_device_name(device), torch.cuda.get_device_capability(device)
+        if cuda_has_native_bf16(device):
+            return "bf16", f"--amp auto: bf16 (native on {name}, compute capability {major}.{minor})"
+        return "fp16", (f"--amp auto: fp16 with a gradient scaler ({name}, compute capability {major}.{minor}, "
+                        "has no native bf16)")
     if device.type != "cpu":
         return "off", f"--amp auto: fp32 on {device.type}"
     name = cpu_name(cpuinfo)
