@@ -3,9 +3,10 @@
     python predict.py output/demo/best.pth photo.jpg photos/ 'shots/*.png' [--out DIR]
     python predict.py CKPT crops/ --no-detect        # images that are already face crops
 
-Faces are found with OpenCV's Haar cascade, cropped with a 20% margin per side (as RAF-DB's
-aligned faces are framed; see utils/inference.py) and run through the checkpoint's own
-preprocessing. Prints the top classes per face. ``--out DIR`` writes each photo with boxes and
+Faces are framed as the checkpoint was trained: aligned to its template (``--align`` at training,
+data/align.py) with dlib's detector and landmarks, or else OpenCV's Haar box with a 20% margin per
+side (as RAF-DB's aligned faces are framed; see utils/inference.py), also the fallback where dlib
+finds no face; the log says which. Each crop goes through the checkpoint's own preprocessing. Prints the top classes per face. ``--out DIR`` writes each photo with boxes and
 labels drawn, ``predictions.csv`` (one row per face) and ``predictions.json`` (one entry per
 image, with no-face and unreadable images too).
 
@@ -25,7 +26,8 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 
 from utils.checkpoint import CheckpointError
-from utils.inference import ImageError, Predictor, crop_box, expand_inputs, find_faces, load_predictor, read_image
+from data.align import TEMPLATES, AlignError
+from utils.inference import HAAR, ImageError, Predictor, expand_inputs, load_predictor, locate_faces, read_image, resolve_framing
 from utils.logging import error_exit
 
 DRAW_MIN_SIDE = 256  # small images are enlarged before drawing so the labels stay readable
@@ -37,29 +39,39 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a .pth written by train.py")
     p.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or glob patterns")
     p.add_argument("--no-detect", action="store_true", help="the images are face crops: use each whole image as one face")
+    p.add_argument("--align", choices=["auto", HAAR, *TEMPLATES], default="auto",
+                   help="face framing: auto = the checkpoint's (its --align template, else the Haar box); haar; "
+                        "or a template of data/align.py")
     p.add_argument("--top", type=int, default=3, help="how many classes to print per face")
     p.add_argument("--out", default=None, help="write annotated images, predictions.csv and predictions.json here")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
     return p
 
 
-def predict_image(predictor: Predictor, path: Path, detect: bool) -> dict[str, Any]:
+def face_records(predictor: Predictor, faces: list) -> list[dict[str, Any]]:
+    """Per found face: box, framing, crop corners, prediction and class probabilities."""
+    if not faces:
+        return []
+    records = []
+    for face, p in zip(faces, predictor.probabilities([f.crop for f in faces]).tolist()):
+        best = max(range(len(p)), key=p.__getitem__)
+        records.append({"box": [int(v) for v in face.box], "framing": face.framing,
+                        "crop": [[round(x, 1), round(y, 1)] for x, y in face.corners],
+                        "prediction": predictor.classes[best], "probabilities": dict(zip(predictor.classes, p))})
+    return records
+
+
+def predict_image(predictor: Predictor, path: Path, detect: bool, aligner=None) -> dict[str, Any]:
     """One image's record: its faces with boxes and class probabilities, or the error."""
     record: dict[str, Any] = {"image": str(path), "faces": [], "error": None}
     try:
         image = read_image(path)
-        faces = find_faces(image, path, detect=detect)
+        faces = locate_faces(image, path, detect=detect, aligner=aligner)
     except ImageError as exc:
         record["error"] = str(exc)
         return record
     record["size"] = list(image.size)
-    if faces:
-        probs = predictor.probabilities([crop for _, crop in faces])
-        for (box, _), p in zip(faces, probs.tolist()):
-            best = max(range(len(p)), key=p.__getitem__)
-            crop = list(crop_box(box)) if detect else [0, 0, *image.size]
-            record["faces"].append({"box": list(box), "crop": crop, "prediction": predictor.classes[best],
-                                    "probabilities": dict(zip(predictor.classes, p))})
+    record["faces"] = face_records(predictor, faces)
     record["_image"] = image
     return record
 
@@ -75,7 +87,8 @@ def describe(record: dict[str, Any], top: int) -> list[str]:
     for i, face in enumerate(record["faces"], start=1):
         x, y, w, h = face["box"]
         ranked = sorted(face["probabilities"].items(), key=lambda kv: -kv[1])[:top]
-        lines.append(f"  face {i} at x={x} y={y} {w}x{h}: " + "  ".join(f"{c} {p:.3f}" for c, p in ranked))
+        lines.append(f"  face {i} at x={x} y={y} {w}x{h} [{face['framing']}]: "
+                     + "  ".join(f"{c} {p:.3f}" for c, p in ranked))
     return lines
 
 
@@ -92,8 +105,7 @@ def draw(record: dict[str, Any]) -> Image.Image:
         x, y, w, h = (v * scale for v in face["box"])
         name = face["prediction"]
         label = f"{name} {face['probabilities'][name]:.2f}"
-        left, top, right, bottom = (v * scale for v in face["crop"])
-        canvas.rectangle([left, top, right - 1, bottom - 1], outline=(255, 220, 0), width=1)
+        canvas.polygon([(cx * scale, cy * scale) for cx, cy in face["crop"]], outline=(255, 220, 0), width=1)
         canvas.rectangle([x, y, x + w - 1, y + h - 1], outline=(255, 220, 0), width=line)
         left, top, right, bottom = canvas.textbbox((0, 0), label, font=font)
         tx, ty = x, y - (bottom - top) - 2 * line if y - (bottom - top) - 2 * line >= 0 else y + line
@@ -119,10 +131,11 @@ def write_outputs(records: list[dict[str, Any]], classes: list[str], out: Path) 
         record["annotated"] = name
     with open(out / "predictions.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["image", "face", "x", "y", "width", "height", "prediction", *[f"p_{c}" for c in classes]])
+        writer.writerow(["image", "face", "x", "y", "width", "height", "framing", "prediction",
+                         *[f"p_{c}" for c in classes]])
         for record in records:
             for i, face in enumerate(record["faces"], start=1):
-                writer.writerow([record["image"], i, *face["box"], face["prediction"],
+                writer.writerow([record["image"], i, *face["box"], face["framing"], face["prediction"],
                                  *[f"{face['probabilities'][c]:.5f}" for c in classes]])
     clean = [{k: v for k, v in r.items() if not k.startswith("_")} for r in records]
     (out / "predictions.json").write_text(json.dumps({"classes": classes, "images": clean}, indent=1) + "\n",
@@ -141,9 +154,16 @@ def main(args: argparse.Namespace) -> int:
         predictor = load_predictor(args.checkpoint, args.device)
     except CheckpointError as exc:
         error_exit(str(exc))
+    aligner = None
+    if not args.no_detect:
+        try:
+            aligner, framing = resolve_framing(args.align, predictor)
+        except AlignError as exc:
+            error_exit(f"--align {args.align}: {exc}")
+        print(framing)
     records = []
     for path in paths:
-        record = predict_image(predictor, path, detect=not args.no_detect)
+        record = predict_image(predictor, path, detect=not args.no_detect, aligner=aligner)
         if record["error"]:
             print(f"error: {record['error']}; skipped", file=sys.stderr)
         for line in describe(record, args.top):

@@ -36,7 +36,7 @@ from utils.metrics import evaluation_metrics
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("Evaluate a MEK checkpoint", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser("Evaluate a checkpoint of any method on a dataset split", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", help="a .pth written by train.py (best.pth or last.pth)")
     p.add_argument("--dataset", default=None, help="default: the checkpoint's")
     p.add_argument("--data-root", default=None, help="default: the checkpoint's")
@@ -47,6 +47,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--amp", choices=["off", "bf16", "fp16"], default=None, help="default: the checkpoint's")
+    p.add_argument("--align", default="auto",
+                   help="face framing of raw images: auto = align to the checkpoint's template (its --align) when "
+                        "the data is not the checkpoint's own and its align.json does not name that template; none; "
+                        "or a data/align.py template to apply")
     p.add_argument("--out-dir", default=None, help="where to write the figure and CSV (default: next to the checkpoint)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--network", default=None,
@@ -122,6 +126,26 @@ def load_split(args: argparse.Namespace, config: dict, dataset: str, data_root: 
     return train_set.subset(held, transform, source=f"{train_set.source}:val")
 
 
+def evaluation_framing(choice: str, trained: str | None, data_root: str, same_data: bool) -> tuple[str | None, str]:
+    """(template to apply to each image or None, the log line) for ``--align``."""
+    from data.align import TEMPLATES, recorded_template
+
+    if choice not in ("auto", "none", *TEMPLATES):
+        error_exit(f"--align {choice}: unknown; use auto, none or one of {', '.join(TEMPLATES)}")
+    prepared = recorded_template(data_root) if Path(data_root).is_dir() else None
+    if choice == "none":
+        return None, "framing: images used as they are (--align none)"
+    if choice != "auto":
+        return choice, f"framing: every image aligned to {choice} (--align; Haar box, then the whole image, where dlib finds no face)"
+    if not trained:
+        return None, "framing: images used as they are (the checkpoint records no alignment)"
+    if same_data or prepared == trained:
+        why = "the checkpoint's own data" if same_data else f"{data_root}/align.json says {trained}"
+        return None, f"framing: images used as they are ({why})"
+    return trained, (f"framing: every image aligned to {trained}, the checkpoint's framing (Haar box, then the whole "
+                     "image, where dlib finds no face; --align none to use the images as they are)")
+
+
 def selection_note(state: dict, path: Path) -> list[str]:
     """What chose best.pth, and the test result at the last evaluation beside it (from last.pth)."""
     best = state.get("best") or {}
@@ -174,6 +198,14 @@ def main(args: argparse.Namespace) -> dict:
                                                    interpolation=model_config.get("interpolation", "bilinear")))
     # Cross-dataset evaluation (another dataset or root): all of its classes, then the shared ones.
     same_data = dataset == config.get("dataset") and str(data_root) == str(config.get("data_root"))
+    framing, line = evaluation_framing(args.align, model_config.get("align"), data_root, same_data)
+    print(line)
+    if framing:
+        from torchvision.transforms import Compose
+
+        from utils.inference import FramingTransform
+
+        transform = Compose([FramingTransform(framing), transform])
     data = load_split(args, config, dataset, data_root, transform, same_data)
     model_classes = list(model_config["classes"])
     data, shared_logits, cross = shared_class_subset(data, model_classes, f"{dataset} at {data_root}")

@@ -31,7 +31,8 @@ if __name__ == "__main__":
 import torch
 
 import engine
-from data import LABEL_MODES, DatasetError
+from data import DEFAULT_ROOTS, LABEL_MODES, DatasetError
+from data.align import TEMPLATES, recorded_template
 from data.loaders import augment_config, build_data, check_data_args, val_origin
 from data.transforms import NORMALISATIONS
 from losses.class_prior import ClassPrior
@@ -61,6 +62,10 @@ def get_args_parser(method: str = DEFAULT_METHOD) -> argparse.ArgumentParser:
     g.add_argument("--num-classes", type=int, default=None, help="keep the first N canonical classes (e.g. 7 drops contempt)")
     g.add_argument("--ferplus-labels", choices=LABEL_MODES, default="majority", help="FERPlus training targets (default: %(default)s; docs/datasets.md)")
     g.add_argument("--img-size", type=int, default=224)
+    g.add_argument("--align", choices=sorted(TEMPLATES), default=None,
+                   help="the face framing of the training images (a python -m data.align template), recorded in the "
+                        "checkpoint so predict.py / visualize.py / test.py align raw photos the same way; default: "
+                        "the template named in DATA_ROOT/align.json (written by data.align), else none (Haar box)")
     g.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     g.add_argument("--cache-images", action="store_true", help="decode every image once into memory")
     g.add_argument("--skip-bad-images", action="store_true", help="log and skip unreadable images instead of stopping")
@@ -171,6 +176,11 @@ def check_args(args: argparse.Namespace) -> None:
     if args.noise_var < 0:
         error_exit(f"--noise-var must be >= 0, got {args.noise_var}")
     check_data_args(args)  # DatasetError, reported by cli()
+    root = args.data_root or DEFAULT_ROOTS.get(args.dataset)
+    prepared = recorded_template(root) if root else None
+    if args.align and prepared and args.align != prepared:
+        error_exit(f"--align {args.align}, but {root}/align.json says its images were aligned to {prepared}")
+    args.align = args.align or prepared
     if args.reset_final_norm and not args.pretrained:
         error_exit("--reset-final-norm re-initialises the final norm after --pretrained; give --pretrained too")
     check_method_args(args)  # the method's flags, and whether its head fits it

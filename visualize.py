@@ -3,7 +3,8 @@
     python visualize.py output/demo/best.pth face.jpg photos/ --out maps/ [--classes pred,true]
     python visualize.py CKPT crops/ --no-detect --out maps/ --classes happiness,fear
 
-For every face (found as predict.py finds them, or the whole image with --no-detect) it writes
+For every face (found and framed as predict.py does: the checkpoint's alignment, else the Haar
+box; or the whole image with --no-detect) it writes
 ``<image>[_faceN]_cam.png``: the face, then one panel per chosen class with that class's map
 upsampled to the face and overlaid, titled with the class probability. The maps are the head's
 class activation maps, whose spatial mean (plus the head's bias, for the ``cam`` head) is the
@@ -26,7 +27,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from utils.checkpoint import CheckpointError
-from utils.inference import ImageError, Predictor, expand_inputs, find_faces, load_predictor, read_image
+from data.align import TEMPLATES, AlignError
+from utils.inference import HAAR, ImageError, Predictor, expand_inputs, load_predictor, locate_faces, read_image, resolve_framing
 from utils.logging import error_exit
 
 DISPLAY = 224  # pixels per panel
@@ -41,6 +43,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", default="all", help="all, pred, true, class names, or a comma-separated mix")
     p.add_argument("--labels", default=None, help="true labels: a RAF-DB style list 'name label' (labels 1..K)")
     p.add_argument("--no-detect", action="store_true", help="the images are face crops: use each whole image")
+    p.add_argument("--align", choices=["auto", HAAR, *TEMPLATES], default="auto",
+                   help="face framing: auto = the checkpoint's (its --align template, else the Haar box); haar; "
+                        "or a template of data/align.py")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
     return p
 
@@ -178,10 +183,17 @@ def main(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         error_exit(f"--out {out}: cannot create ({exc.strerror or exc})")
+    aligner = None
+    if not args.no_detect:
+        try:
+            aligner, framing = resolve_framing(args.align, predictor)
+        except AlignError as exc:
+            error_exit(f"--align {args.align}: {exc}")
+        print(framing)
     failed, written = len(problems), 0
     for path in paths:
         try:
-            faces = find_faces(read_image(path), path, detect=not args.no_detect)
+            faces = locate_faces(read_image(path), path, detect=not args.no_detect, aligner=aligner)
         except ImageError as exc:
             print(f"error: {exc}; skipped", file=sys.stderr)
             failed += 1
@@ -190,19 +202,20 @@ def main(args: argparse.Namespace) -> int:
             print(f"{path}: no face found")
             continue
         try:
-            maps, _, probs = class_maps(predictor, [crop for _, crop in faces])
+            maps, _, probs = class_maps(predictor, [face.crop for face in faces])
         except ValueError as exc:
             error_exit(str(exc))
         truth = true_class(path, labels, predictor.classes)
         if "true" in tokens and truth is None:
             print(f"{path}: true class unknown (no --labels entry, folder name not a class); showing the others")
-        for n, ((_, crop), face_maps, face_probs) in enumerate(zip(faces, maps, probs), start=1):
+        for n, (face, face_maps, face_probs) in enumerate(zip(faces, maps, probs), start=1):
             panels = select_classes(tokens, face_probs, truth, predictor.classes)
             suffix = f"_face{n}" if len(faces) > 1 else ""
             target = out / f"{path.stem}{suffix}_cam.png"
             pred = predictor.classes[int(face_probs.argmax())]
-            title = f"{path.name}: predicted {pred}" + (f", true {predictor.classes[truth]}" if truth is not None else "")
-            overlay_figure(crop, face_maps, face_probs, panels, predictor.classes, title, target)
+            title = (f"{path.name} [{face.framing}]: predicted {pred}"
+                     + (f", true {predictor.classes[truth]}" if truth is not None else ""))
+            overlay_figure(face.crop, face_maps, face_probs, panels, predictor.classes, title, target)
             print(f"{path}: wrote {target}")
             written += 1
     print(f"{written} figure(s) in {out}; {failed} failed")

@@ -15,7 +15,8 @@ from utils.optim import build_optimizer, build_scheduler
 def model_config(args: argparse.Namespace, backbone: str, head: str, classes: list[str]) -> dict:
     """What test.py and the tools rebuild a network from (a checkpoint's ``model_config``)."""
     return {"backbone": backbone, "head": head, "num_classes": len(classes), "img_size": args.img_size,
-            "classes": list(classes), "norm": args.norm, "interpolation": args.interpolation}
+            "classes": list(classes), "norm": args.norm, "interpolation": args.interpolation,
+            "align": getattr(args, "align", None)}  # the face framing (data/align.py template), None: unknown
 
 
 def build_network(args: argparse.Namespace, backbone: str, head: str, num_classes: int, device: torch.device,

@@ -9,6 +9,11 @@ little background around it. OpenCV's frontal-face Haar cascade (shipped inside 
 opencv-python-headless wheel, nothing downloaded) returns a tighter square, from the eyebrows to
 just below the mouth, so each box is grown by ``FACE_MARGIN`` = 20% of its side on every side
 (a crop 1.4x the box, centred on it); parts outside the photo are filled with black.
+
+A checkpoint trained on aligned faces records its framing (``model_config["align"]``, a template
+of data/align.py); the scripts then align each face to that template with dlib's detector and
+landmarks (``locate_faces``), and fall back to the Haar box for a photo where dlib finds no face,
+saying which framing each face got.
 """
 from __future__ import annotations
 
@@ -50,6 +55,7 @@ class Predictor:
     backbone: str
     path: Path
     device: torch.device
+    align: str | None = None  # the framing the checkpoint was trained on (data/align.py), None: Haar box
 
     def preprocess(self, faces: Sequence[Image.Image]) -> torch.Tensor:
         """RGB face crops -> a normalised (B, 3, S, S) batch, as the evaluation transform does."""
@@ -94,7 +100,8 @@ def load_predictor(path: str | Path, device: str = "cpu") -> Predictor:
     mean, std = NORMALISATIONS[norm]
     return Predictor(model=model, classes=list(config["classes"]), img_size=int(config["img_size"]),
                      mean=tuple(mean), std=tuple(std), interpolation=config.get("interpolation", "bilinear"),
-                     norm=norm, backbone=str(config["backbone"]), path=Path(path), device=dev)
+                     norm=norm, backbone=str(config["backbone"]), path=Path(path), device=dev,
+                     align=config.get("align"))
 
 
 def expand_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
@@ -205,3 +212,70 @@ def find_faces(image: Image.Image, name: str | Path, detect: bool = True) -> lis
     if not detect:
         return [(whole_image_face(image, name), image)]
     return [(box, crop_face(image, box)) for box in detect_faces(image)]
+
+
+HAAR = "haar"  # the --align choice and the framing label of the Haar box with its margin
+
+
+@dataclass
+class FoundFace:
+    """One face to predict: its detection box, the crop the model sees, and how it was framed."""
+
+    box: Box
+    crop: Image.Image
+    framing: str  # a template name, "haar" or "whole image"
+    corners: list[tuple[float, float]]  # the crop's corners in photo pixels (for drawing)
+    score: float | None = None  # dlib's detection score
+
+
+def resolve_framing(choice: str, predictor: Predictor):
+    """(aligner or None, log line) for ``--align`` auto | haar | TEMPLATE, given the checkpoint's framing."""
+    from data.align import FaceAligner
+
+    recorded = predictor.align
+    name = recorded if choice == "auto" else choice
+    if name in (None, HAAR):
+        why = ("the checkpoint records no alignment" if choice == "auto" else "--align haar")
+        return None, f"framing: OpenCV Haar box + {FACE_MARGIN:.0%} per side ({why})"
+    aligner = FaceAligner(name)  # AlignError names an unknown template or the missing package
+    why = "recorded in the checkpoint" if choice == "auto" else (
+        "--align" + (f"; the checkpoint was trained on {recorded or 'Haar-box crops'}" if recorded != name else ""))
+    return aligner, (f"framing: {name} alignment ({aligner.template.description}; {why}); the Haar box "
+                     f"+ {FACE_MARGIN:.0%} where dlib finds no face")
+
+
+def square_corners(left: float, top: float, right: float, bottom: float) -> list[tuple[float, float]]:
+    return [(left, top), (right, top), (right, bottom), (left, bottom)]
+
+
+def locate_faces(image: Image.Image, name: str | Path, detect: bool = True, aligner=None) -> list[FoundFace]:
+    """Faces to predict: dlib-aligned when an aligner is given and dlib finds one, else the Haar
+    box with its margin (``detect``), or the whole image (``detect=False``)."""
+    if not detect:
+        box = whole_image_face(image, name)
+        return [FoundFace(box, image, "whole image", square_corners(0, 0, *image.size))]
+    if aligner is not None:
+        aligned = aligner.align(image)
+        if aligned:
+            found = [FoundFace(f.box, f.crop, aligner.template.name, f.crop_corners(), f.score) for f in aligned]
+            return sorted(found, key=lambda f: (f.box[0], f.box[1]))
+    return [FoundFace(box, crop_face(image, box), HAAR, square_corners(*crop_box(box))) for box in detect_faces(image)]
+
+
+class FramingTransform:
+    """A dataset transform's first step for raw photos: the best dlib face aligned to the template,
+    else the largest Haar box with its margin, else the whole image (test.py on unaligned data).
+    Picklable: the dlib models load in each DataLoader worker on first use."""
+
+    def __init__(self, template: str) -> None:
+        from data.align import FaceAligner
+
+        self.aligner = FaceAligner(template)
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        image = to_rgb(image)
+        crop = self.aligner(image)
+        if crop is not None:
+            return crop
+        boxes = detect_faces(image)
+        return crop_face(image, max(boxes, key=lambda b: b[2] * b[3])) if boxes else image
