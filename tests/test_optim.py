@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -86,3 +88,63 @@ def test_resuming_keeps_the_moments_but_takes_the_implementation_from_the_comman
     assert int(resumed.state[first]["step"]) == 2
     _train(net, resumed, steps=1)  # and it steps
     assert int(resumed.state[first]["step"]) == 3
+
+
+def _conv_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.Flatten(), nn.Linear(8 * 4 * 4, 3))
+
+
+def _conv_steps(net: nn.Module, optimizer, steps: int, memory_format) -> None:
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        images = torch.randn(4, 3, 8, 8, generator=generator).contiguous(memory_format=memory_format)
+        optimizer.zero_grad()
+        net(images).square().mean().backward()
+        optimizer.step()
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_resuming_with_channels_last_gives_the_moments_the_parameters_layout(fused):
+    # A run saved contiguous and resumed with --channels-last: Optimizer.load_state_dict keeps the
+    # moments' saved (contiguous) strides, and the fused kernel pairs them element by element with
+    # channels-last parameters, i.e. with the wrong weights.
+    net = _conv_net()
+    optimizer = build_optimizer(net, "adamw", 1e-2, 0.05, fused=fused)
+    _conv_steps(net, optimizer, 3, torch.contiguous_format)
+    saved_weights = {k: v.clone() for k, v in net.state_dict().items()}
+    saved = copy.deepcopy(optimizer.state_dict())  # as a checkpoint holds it
+    _conv_steps(net, optimizer, 3, torch.contiguous_format)  # the run that was never stopped
+    expected = net.state_dict()
+
+    resumed_net = _conv_net()
+    resumed_net.load_state_dict(saved_weights)
+    resumed_net.to(memory_format=torch.channels_last)
+    resumed = build_optimizer(resumed_net, "adamw", 1e-2, 0.05, fused=fused)
+    load_optimizer_state(resumed, saved)
+    conv = resumed_net[0].weight
+    assert conv.stride() != conv.contiguous().stride()  # the weights really are channels-last
+    assert resumed.state[conv]["exp_avg"].stride() == conv.stride()
+    _conv_steps(resumed_net, resumed, 3, torch.channels_last)
+    for name, value in resumed_net.state_dict().items():
+        # channels-last against contiguous: the same sums in another order (float32 rounding)
+        torch.testing.assert_close(value, expected[name], rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("saved_fused,resumed_fused", [(True, False), (False, True)])
+def test_resuming_with_another_fused_flag_puts_the_step_counter_where_this_run_needs_it(saved_fused, resumed_fused):
+    # torch casts the saved state by the SAVED groups' flags: a fused run's step counter goes to the
+    # parameters' device, a foreach run's stays on the CPU. The meta device stands in for a GPU.
+    net = _net()
+    optimizer = build_optimizer(net, "adamw", 1e-2, 0.05, fused=saved_fused)
+    _train(net, optimizer, steps=2)
+    saved = optimizer.state_dict()
+    gpu_net = _net().to("meta")
+    resumed = build_optimizer(gpu_net, "adamw", 1e-2, 0.05)  # torch refuses fused=True on meta: set below
+    for group in resumed.param_groups:
+        group["fused"] = resumed_fused
+    load_optimizer_state(resumed, saved)
+    for p in gpu_net.parameters():
+        state = resumed.state[p]
+        assert state["step"].device.type == ("meta" if resumed_fused else "cpu")
+        assert state["exp_avg"].device.type == "meta"

@@ -46,11 +46,28 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
     ``Optimizer.load_state_dict`` restores every param-group key, including ``fused`` and
     ``foreach``; those belong to the command line of the resuming run (``--no-fused-opt``),
     while the hyperparameters and moments come from the checkpoint.
+
+    It also fits the state to this run's parameters and flags (a resume may change
+    ``--channels-last`` or ``--fused-opt``): torch keeps each moment's saved memory layout, which
+    a kernel that pairs tensors element by element (fused Adam) then reads against weights of
+    another layout, and places the step counter by the saved ``fused`` flag (on the parameters'
+    device for a fused group, on the CPU otherwise).
     """
     chosen = [{k: g[k] for k in IMPLEMENTATION_KEYS if k in g} for g in optimizer.param_groups]
-    optimizer.load_state_dict(state)
+    # torch casts the saved state by the groups it loads: give them this run's flags first.
+    groups = [{**saved, **keys} for saved, keys in zip(state["param_groups"], chosen)]
+    optimizer.load_state_dict({**state, "param_groups": groups + state["param_groups"][len(groups):]})
     for group, keys in zip(optimizer.param_groups, chosen):
         group.update(keys)
+    fit_layout_to_parameters(optimizer)
+
+
+def fit_layout_to_parameters(optimizer: torch.optim.Optimizer) -> None:
+    """Give every per-parameter state tensor (moments, momentum buffers) its parameter's strides."""
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def build_scheduler(
