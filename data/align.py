@@ -236,3 +236,169 @@ def _chip_matrix(details) -> np.ndarray:
     matrix[:, 2] = np.array([(details.cols - 1) / 2, (details.rows - 1) / 2]) - rotation @ np.array([cx, cy])
     return matrix
 
+
+
+# ----------------------------------------------------------------------------- the preparation tool
+
+CSV_NAME = "align.csv"
+CSV_FIELDS = ["path", "status", "faces", "score", "x", "y", "width", "height", "landmarks", "message"]
+JPEG_QUALITY = 95
+
+
+def _work(job: tuple[str, str, str, str]) -> dict[str, str]:
+    """Align one photo (in a pool worker): write the best-scoring face's crop, return its CSV row."""
+    from utils.inference import ImageError, read_image
+
+    relative, src, dst, template = job
+    row = dict.fromkeys(CSV_FIELDS, "")
+    row["path"] = relative
+    try:
+        image = read_image(Path(src) / relative)
+    except ImageError as exc:
+        row.update(status="unreadable", faces="0", message=str(exc))
+        return row
+    faces = _pool_aligner(template).align(image)
+    row["faces"] = str(len(faces))
+    if not faces:
+        row["status"] = "no_face"
+        return row
+    face = faces[0]
+    target = Path(dst) / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        face.crop.save(target, **({"quality": JPEG_QUALITY} if target.suffix.lower() in (".jpg", ".jpeg") else {}))
+    except (OSError, ValueError) as exc:  # e.g. a format Pillow reads but cannot write: keep the name, say why
+        row.update(status="unwritable", message=f"{target}: cannot write ({exc})")
+        return row
+    row.update(status="ok", score=f"{face.score:.4f}", x=str(face.box[0]), y=str(face.box[1]),
+               width=str(face.box[2]), height=str(face.box[3]),
+               landmarks=" ".join(f"{v:.1f}" for v in face.landmarks.ravel()))
+    return row
+
+
+@functools.lru_cache(maxsize=None)
+def _pool_aligner(template: str) -> "FaceAligner":
+    return FaceAligner(template)
+
+
+def read_done(csv_path: Path, dst: Path) -> dict[str, dict[str, str]]:
+    """Rows of an earlier, possibly interrupted run: path -> row. Unreadable files are tried again, and
+    so is an 'ok' row whose crop is gone."""
+    import csv
+
+    if not csv_path.is_file():
+        return {}
+    done = {}
+    with open(csv_path, newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            if not row.get("path") or row.get("status") not in ("ok", "no_face"):
+                continue  # a half-written last line of an interrupted run, or a file to try again
+            if row["status"] == "ok" and not (dst / row["path"]).is_file():
+                continue
+            done[row["path"]] = row
+    return done
+
+
+def prepare_folder(src: Path, dst: Path, template: str, workers: int = 1, progress: bool = True) -> dict[str, list[str]]:
+    """Align every image under ``src`` into ``dst`` (same relative paths), resuming an earlier run.
+
+    Returns {status: [relative paths]} over all images, those of earlier runs included.
+    """
+    import csv
+    import json
+    import multiprocessing
+
+    from tqdm import tqdm
+
+    from utils.inference import IMAGE_SUFFIXES
+
+    get_template(template)
+    FaceAligner(template)  # the landmark model is there before any worker starts
+    images = sorted(str(p.relative_to(src)) for p in src.rglob("*")
+                    if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and dst not in p.parents)
+    dst.mkdir(parents=True, exist_ok=True)
+    record = dst / RECORD_FILE
+    earlier = recorded_template(dst) if record.is_file() else None
+    if earlier not in (None, template):
+        raise AlignError(f"{dst} holds crops aligned to {earlier}; use another DST for {template}")
+    record.write_text(json.dumps({"template": template, "source": str(src),
+                                  "description": TEMPLATES[template].description}, indent=1) + "\n", encoding="utf-8")
+    csv_path = dst / CSV_NAME
+    done = read_done(csv_path, dst)
+    todo = [(relative, str(src), str(dst), template) for relative in images if relative not in done]
+    rows = [done[r] for r in images if r in done]
+    with open(csv_path, "w", newline="", encoding="utf-8") as handle:  # rewritten: earlier rows, then new ones
+        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+        handle.flush()
+        bar = tqdm(total=len(images), initial=len(images) - len(todo), desc=f"align {template}", unit="img",
+                   disable=not progress, dynamic_ncols=True)
+        pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 and len(todo) > 1 else None
+        try:
+            results = pool.imap_unordered(_work, todo, chunksize=4) if pool else map(_work, todo)
+            for row in results:
+                writer.writerow(row)
+                handle.flush()  # each row is on disk as soon as it is done: an interrupted run resumes from here
+                rows.append(row)
+                bar.update(1)
+        finally:
+            bar.close()
+            if pool is not None:
+                pool.terminate()
+    by_status: dict[str, list[str]] = {}
+    for row in sorted(rows, key=lambda r: r["path"]):
+        by_status.setdefault(row["status"], []).append(row["message"] or row["path"])
+    return by_status
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    from utils.logging import error_exit
+
+    p = argparse.ArgumentParser("python -m data.align", description="Align every face photo under SRC to a template "
+                                "and write the crops to DST in the same layout, with DST/align.csv (box, landmarks, "
+                                "detection score per image) and DST/align.json (the template). Resumes an interrupted "
+                                "run into the same DST.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("src", help="folder of raw photos (searched recursively)")
+    p.add_argument("dst", help="output folder (created)")
+    p.add_argument("--template", required=True, choices=list(TEMPLATES), help="arcface112 | dlib150 (data/align.py)")
+    p.add_argument("--workers", type=int, default=1, help="processes")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    src, dst = Path(args.src), Path(args.dst)
+    if not src.is_dir():
+        error_exit(f"SRC {src}: no such folder")
+    if args.workers < 1:
+        error_exit(f"--workers must be at least 1, got {args.workers}")
+    if dst.resolve() == src.resolve():
+        error_exit(f"DST {dst} is SRC; write the crops to another folder")
+    try:
+        by_status = prepare_folder(src, dst, args.template, args.workers, progress=not args.no_progress)
+    except AlignError as exc:
+        error_exit(str(exc))
+    except OSError as exc:
+        error_exit(f"DST {dst}: cannot write ({exc.strerror or exc})")
+    total = sum(len(v) for v in by_status.values())
+    if not total:
+        from utils.inference import IMAGE_SUFFIXES
+
+        error_exit(f"SRC {src}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    labels = {"no_face": "no face found", "unreadable": "unreadable", "unwritable": "cannot write the crop"}
+    for status, label in labels.items():
+        if by_status.get(status):
+            print(f"{label} ({len(by_status[status])}):", file=sys.stderr if status != "no_face" else sys.stdout)
+            for line in by_status[status]:
+                print(f"  {line}", file=sys.stderr if status != "no_face" else sys.stdout)
+    print(f"{total} images: {len(by_status.get('ok', []))} aligned to {args.template}, "
+          f"{len(by_status.get('no_face', []))} without a face, {len(by_status.get('unreadable', []))} unreadable; "
+          f"{dst / CSV_NAME}")
+    return 1 if by_status.get("unreadable") or by_status.get("unwritable") else 0
+
+
+if __name__ == "__main__":
+    from data.align import main as _main  # the pool's workers find _work in data.align, not in __main__
+
+    raise SystemExit(_main())

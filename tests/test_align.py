@@ -172,3 +172,57 @@ def test_framing_transform_aligns_else_falls_back_to_the_whole_image(astronaut):
     assert inference.FramingTransform("arcface112")(astronaut).size == (112, 112)
     blank = Image.new("RGB", (64, 48), (90, 90, 90))
     assert inference.FramingTransform("arcface112")(blank).size == (64, 48)
+
+
+@pytest.fixture()
+def raw_folder(astronaut, tmp_path):
+    src = tmp_path / "raw"
+    (src / "happy").mkdir(parents=True)
+    astronaut.save(src / "happy" / "astronaut.png")
+    astronaut.rotate(20).save(src / "happy" / "tilted.png")
+    Image.fromarray(np.full((64, 64, 3), 120, np.uint8)).save(src / "blank.png")  # no face
+    (src / "broken.jpg").write_bytes(b"not an image at all")
+    return src
+
+
+def test_prepare_folder_reports_faceless_and_unreadable_and_resumes(raw_folder, tmp_path, capsys, monkeypatch):
+    dst = tmp_path / "aligned"
+    argv = [str(raw_folder), str(dst), "--template", "arcface112", "--no-progress"]
+    assert align.main(argv + ["--workers", "2"]) == 1  # broken.jpg is unreadable
+    captured = capsys.readouterr()
+    assert "no face found (1):\n  blank.png" in captured.out
+    assert "unreadable (1):" in captured.err and "broken.jpg: cannot read image" in captured.err
+    assert "Traceback" not in captured.err + captured.out
+    assert "4 images: 2 aligned to arcface112, 1 without a face, 1 unreadable" in captured.out
+    rows = {r["path"]: r for r in __import__("csv").DictReader(open(dst / "align.csv"))}
+    assert {p: r["status"] for p, r in rows.items()} == {
+        "happy/astronaut.png": "ok", "happy/tilted.png": "ok", "blank.png": "no_face", "broken.jpg": "unreadable"}
+    x, y, w, h = (int(rows["happy/astronaut.png"][k]) for k in ("x", "y", "width", "height"))
+    assert 170 < x < 190 and 75 < y < 95 and float(rows["happy/astronaut.png"]["score"]) > 1
+    points = np.array(rows["happy/astronaut.png"]["landmarks"].split(), float).reshape(68, 2)
+    assert np.abs(align.five_points(points) - HAND_CHECKED).max() <= 3
+    assert Image.open(dst / "happy" / "astronaut.png").size == (112, 112)
+    assert json.loads((dst / "align.json").read_text())["template"] == "arcface112"
+
+    # Resume: an interrupted run (a crop lost, a half-written last row) redoes only what is missing.
+    (dst / "happy" / "tilted.png").unlink()
+    with open(dst / "align.csv", "a") as handle:
+        handle.write("happy/new.png,o")
+    done = []
+    real_work = align._work
+    monkeypatch.setattr(align, "_work", lambda job: done.append(job[0]) or real_work(job))
+    assert align.main(argv) == 1
+    assert sorted(done) == ["broken.jpg", "happy/tilted.png"]  # unreadable files are tried again
+    assert (dst / "happy" / "tilted.png").is_file()
+    assert len(list(__import__("csv").DictReader(open(dst / "align.csv")))) == 4
+
+
+def test_prepare_folder_refuses_bad_arguments(raw_folder, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        align.main([str(tmp_path / "missing"), str(tmp_path / "d"), "--template", "arcface112"])
+    assert exc.value.code == 2 and "SRC" in capsys.readouterr().err
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "align.json").write_text(json.dumps({"template": "dlib150"}))
+    with pytest.raises(SystemExit):
+        align.main([str(raw_folder), str(tmp_path / "d"), "--template", "arcface112", "--no-progress"])
+    assert "holds crops aligned to dlib150" in capsys.readouterr().err
