@@ -106,3 +106,49 @@ def test_model_mismatch_message_names_the_difference():
     partial.pop("head.bias")
     with pytest.raises(CheckpointError, match="missing from the checkpoint, e.g. head.bias"):
         check_model_fits(partial, model, "ck.pth")
+
+
+class FakeGPUs:
+    """torch.cuda as seen by a process training on GPU ``current`` of ``count`` visible GPUs: each
+    generator's state is a tensor holding its index; setting one that does not exist fails, as
+    torch's does."""
+
+    def __init__(self, monkeypatch, count: int, current: int) -> None:
+        self.count, self.current, self.restored = count, current, []
+        for name, value in {"is_available": lambda: True, "is_initialized": lambda: True,
+                            "device_count": lambda: self.count, "current_device": lambda: self.current,
+                            "get_rng_state": self.get, "get_rng_state_all": lambda: [self.get(i) for i in range(self.count)],
+                            "set_rng_state": self.set,
+                            "set_rng_state_all": lambda states: [self.set(s, i) for i, s in enumerate(states)]}.items():
+            monkeypatch.setattr(torch.cuda, name, value)
+
+    def get(self, device=None) -> torch.Tensor:
+        return torch.tensor([self.current if device is None else int(device)], dtype=torch.uint8)
+
+    def set(self, state: torch.Tensor, device=None) -> None:
+        device = self.current if device is None else int(device)
+        if device >= self.count:
+            raise RuntimeError(f"CUDA error: invalid device ordinal {device}")
+        self.restored.append((int(state[0]), device))
+
+
+def test_rng_state_holds_the_training_gpus_generator_only(monkeypatch):
+    FakeGPUs(monkeypatch, count=4, current=1)
+    state = capture_rng_state()
+    assert "cuda" not in state and state["cuda_device"].tolist() == [1]
+
+
+def test_resume_on_a_machine_with_fewer_gpus_restores_the_training_gpus_generator(monkeypatch):
+    FakeGPUs(monkeypatch, count=4, current=2)
+    state = capture_rng_state()  # saved on GPU 2 of 4
+    gpus = FakeGPUs(monkeypatch, count=1, current=0)  # resumed on the only GPU of another machine
+    restore_rng_state(state)
+    assert gpus.restored == [(2, 0)]
+
+
+def test_an_older_checkpoint_with_every_gpus_state_restores_this_processs_one(monkeypatch):
+    gpus = FakeGPUs(monkeypatch, count=2, current=1)
+    state = {**capture_rng_state(), "cuda": [torch.tensor([i], dtype=torch.uint8) for i in range(4)]}
+    state.pop("cuda_device")
+    restore_rng_state(state)
+    assert gpus.restored == [(1, 1)]

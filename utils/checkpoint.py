@@ -1,4 +1,5 @@
-"""Checkpoints: atomic writes, full training state (incl. every RNG), and compatibility checks.
+"""Checkpoints: atomic writes, full training state (incl. every RNG: Python, numpy, torch's CPU
+generator and the training GPU's), and compatibility checks.
 
 A checkpoint is a dict with ``format`` and whatever train.py puts in it (its
 ``checkpoint_state``): ``model`` and ``model_config`` (enough to rebuild the model alone) are
@@ -47,7 +48,10 @@ def capture_rng_state() -> dict[str, Any]:
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        # The training device's generator only (a process trains on one GPU): every visible GPU's
+        # would not restore on a machine with fewer of them.
+        device = torch.cuda.current_device()
+        state["cuda_device"] = torch.cuda.get_rng_state(device)
     return state
 
 
@@ -56,8 +60,13 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if not torch.cuda.is_available():
+        return
+    device = torch.cuda.current_device()
+    if "cuda_device" in state:
+        torch.cuda.set_rng_state(state["cuda_device"], device)
+    elif "cuda" in state and device < len(state["cuda"]):  # older checkpoints: every visible GPU's
+        torch.cuda.set_rng_state(state["cuda"][device], device)
 
 
 def _as_python_state(state):
@@ -109,6 +118,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         if key not in state:
             raise CheckpointError(f"{path} is missing the key {key!r}; it is incomplete or from another tool")
     return state
+
+
+def inference_weights(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
+    """The weights a tool evaluates from a checkpoint, and which they are: the averaged model of
+    a ``--ema`` run (``"ema"``), else the trained model (``"model"``)."""
+    if state.get("ema") is not None:
+        return state["ema"], "ema"
+    return state["model"], "model"
 
 
 def check_model_fits(state_dict: dict[str, torch.Tensor], model: nn.Module, path: str | Path, model_config: dict | None = None) -> None:
