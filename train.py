@@ -48,6 +48,7 @@ from utils.evaluation import BestTracker, summary_lines
 from utils.logging import RunLogger, bad_images_line, error_exit, prepare_output, worker_error_message
 from utils.run_state import RunState, StepHooks
 from utils.stop import GracefulStop, StopRequested
+from utils.tensorboard import open_board
 
 
 def get_args_parser(method: str = DEFAULT_METHOD) -> argparse.ArgumentParser:
@@ -157,7 +158,11 @@ def get_args_parser(method: str = DEFAULT_METHOD) -> argparse.ArgumentParser:
     g.add_argument("--dry-run", action="store_true", help="build everything, run one batch, print a summary and exit")
     g.add_argument("--no-progress", action="store_true", help="no progress bars or progress lines")
     g.add_argument("--log-interval", type=int, default=50,
-                   help="when output is not a terminal, one progress line every N steps instead of a bar")
+                   help="when output is not a terminal, one progress line every N steps instead of a bar; "
+                        "TensorBoard's loss terms and lr every N steps")
+    g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
+                   help="write TensorBoard events to OUTPUT/tensorboard (rank 0; utils/tensorboard.py); default: on "
+                        "when the tensorboard package is installed")
 
     add_method_args(p, method)
     return p
@@ -286,11 +291,14 @@ def main(args: argparse.Namespace) -> None:
         for line in summary:
             logger.info(line)
     logger.write_config(config)
+    board = open_board(args, progress, logger, classes, dist_info.is_main)  # None without --tensorboard
 
     # The epoch loop: train one epoch, evaluate, save last.pth (best.pth when chosen), honour a stop.
     progress.start_clock()
     show = not args.no_progress and dist_info.is_main
     evaluate = engine.Evaluator(model, method, test_loader, val_loader, classes, device, args, logger, run, best, show)
+    if board is not None:
+        evaluate = board.wrap_evaluator(evaluate)  # also draws the test confusion matrix
     stop = GracefulStop(device, distributed=dist_info.enabled)
     hooks = StepHooks(run, evaluate, stop, args.eval_interval, args.save_interval, total_steps, steps_per_epoch)
     try:
@@ -299,7 +307,8 @@ def main(args: argparse.Namespace) -> None:
                 progress.next_epoch(steps_per_epoch)
                 train_sampler.set_epoch(progress.epoch, progress.batch_in_epoch * args.batch_size)
                 engine.train_one_epoch(model, method, train_loader, optimizer, scheduler, scaler, device, options,
-                                       progress, total_steps, hooks, show_progress=show,
+                                       progress, total_steps, hooks if board is None else board.chain(hooks),
+                                       show_progress=show,
                                        total_batches=steps_per_epoch, log_interval=args.log_interval)
                 metrics = evaluate(progress) if not args.eval_interval or progress.step >= total_steps else None
                 run.save("last.pth", progress, metrics)

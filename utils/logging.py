@@ -14,6 +14,7 @@ class RunLogger:
     def __init__(self, output_dir: str | Path, enabled: bool = True, resume: bool = False) -> None:
         self.output_dir = Path(output_dir)
         self.enabled = enabled
+        self.board = None  # a utils.tensorboard.RunBoard that mirrors each metrics record (--tensorboard)
         if enabled:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             mode = "a" if resume else "w"
@@ -32,11 +33,16 @@ class RunLogger:
             text = json.dumps(config, indent=2, sort_keys=True, default=str)
             (self.output_dir / "config.json").write_text(text + "\n", encoding="utf-8")
 
+    def attach_board(self, board) -> None:
+        self.board = board
+
     def write_metrics(self, record: dict[str, Any]) -> None:
         if self.enabled:
             with open(self.output_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record, sort_keys=True) + "\n")
                 handle.flush()
+            if self.board is not None:
+                self.board.write_record(record)
 
     def truncate_metrics(self, after_step: int) -> None:
         """Keep only records up to ``after_step`` (a resumed run rewrites the later ones)."""
@@ -51,6 +57,9 @@ class RunLogger:
     def close(self) -> None:
         if self.enabled:
             self._log.close()
+        if self.board is not None:
+            self.board.close()
+            self.board = None
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
