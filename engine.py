@@ -5,6 +5,11 @@ One training step: the method's ``train_step`` runs the forwards it needs (by de
 engine's :class:`Stepper`, the one place with mixed precision, backward, gradient scaling and
 clipping and the non-finite guard (the same decision on every DDP rank). The engine keeps the
 running sums of the terms (on the device, synchronised only when logged) and progress.
+
+Host synchronisations: none per step on CUDA. The non-finite guard records each loss's
+finiteness on the device and reads it every ``StepOptions.nonfinite_check_interval`` steps and
+whenever the sums are read (:class:`NonFiniteGuard`); on a CPU, where reading costs nothing,
+and with ``--skip-nonfinite``, which must decide before each update, it checks every step.
 """
 from __future__ import annotations
 
@@ -39,6 +44,60 @@ class StepOptions:
     channels_last: bool = False
     clip_grad: float | None = None
     skip_nonfinite: bool = False
+    # Steps between reads of the non-finite guard; None: every step on a CPU (a read costs
+    # nothing there, and the error names the step before its update), 50 on an accelerator.
+    nonfinite_check_interval: int | None = None
+
+    def check_interval(self, device: torch.device) -> int:
+        """1: check each loss before its update; N > 1: record on the device, read every N steps."""
+        if self.skip_nonfinite:  # skipping an update needs the decision before it
+            return 1
+        if self.nonfinite_check_interval is not None:
+            return max(1, self.nonfinite_check_interval)
+        return 1 if device.type == "cpu" else 50
+
+
+class NonFiniteGuard:
+    """The non-finite check without a host synchronisation per step.
+
+    :meth:`record` notes on the device whether a step's loss is finite (and, for the first step
+    that is not, which terms); :meth:`check` reads that once, over every DDP rank, and raises
+    :class:`NonFiniteLossError` naming that step. Updates between that step and the check have
+    been applied: the run stops within the check interval, and its diagnostic checkpoint holds
+    the state where it stopped. Every rank records and checks at the same steps.
+    """
+
+    NONE = torch.iinfo(torch.int64).max
+
+    def __init__(self) -> None:
+        self._first: torch.Tensor | None = None  # the first non-finite step, or NONE (a device scalar)
+        self._terms: dict[str, torch.Tensor] = {}  # which terms were non-finite at that step
+
+    def record(self, step: int, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
+        bad = ~torch.isfinite(loss.detach()).all()
+        if self._first is None:
+            self._first = torch.full((), self.NONE, dtype=torch.int64, device=loss.device)
+        first_now = bad & (self._first == self.NONE)
+        self._first = torch.where(first_now, torch.full_like(self._first, step), self._first)
+        for name, value in terms.items():
+            if name == "loss":
+                continue
+            term_bad = first_now & ~torch.isfinite(value.detach()).all()
+            self._terms[name] = self._terms[name] | term_bad if name in self._terms else term_bad
+
+    def check(self) -> None:
+        """One host read (and one all-reduce under DDP); raises if a recorded loss was non-finite."""
+        if self._first is None:
+            return
+        first, terms = self._first.reshape(1), self._terms
+        self._first, self._terms = None, {}  # a diagnostic save after the raise checks nothing
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(first, op=torch.distributed.ReduceOp.MIN)
+        step = int(first.item())
+        if step == self.NONE:
+            return
+        bad = [name for name, flag in terms.items() if bool(flag)] or ["loss"]
+        raise NonFiniteLossError(step, bad)
 
 
 @dataclass
@@ -62,6 +121,7 @@ class TrainProgress:
 
     def __post_init__(self) -> None:
         self._pending: dict[str, torch.Tensor] = {}
+        self.nonfinite = NonFiniteGuard()  # read with the sums: nothing non-finite is logged or saved
         self.lr = float("nan")  # the logged learning rate of the last step (not saved: set by every step)
         self._clock_start: float | None = None
 
@@ -91,6 +151,7 @@ class TrainProgress:
         self.batches += 1
 
     def _sync(self) -> None:
+        self.nonfinite.check()
         for name, value in self._pending.items():
             self.sums[name] = self.sums.get(name, 0.0) + float(value)
         self._pending = {}
@@ -129,10 +190,14 @@ class Stepper:
     goes through it: a one-network method's (``Method.train_step``), each network of a method
     that trains several (a teacher and a student), and ``--dry-run``. ``lr`` is the learning
     rate of the first optimiser updated in this step (the one logged).
+
+    With a ``guard`` the non-finite check is recorded on the device and read later
+    (:class:`NonFiniteGuard`); without one each loss is checked before its update (a host sync).
     """
 
-    def __init__(self, device: torch.device, options: StepOptions, step: int) -> None:
-        self.device, self.options, self.step = device, options, step
+    def __init__(self, device: torch.device, options: StepOptions, step: int,
+                 guard: NonFiniteGuard | None = None) -> None:
+        self.device, self.options, self.step, self.guard = device, options, step, guard
         self.lr: float | None = None
         self.skipped: list[str] = []  # the non-finite terms of a skipped update
 
@@ -144,7 +209,9 @@ class Stepper:
         """Backward ``loss`` and step ``optimizer``; False (nothing stepped) when skipped as non-finite."""
         if self.lr is None:
             self.lr = optimizer.param_groups[0]["lr"]
-        if not _finite_on_all_ranks(loss):
+        if self.guard is not None and not self.options.skip_nonfinite:
+            self.guard.record(self.step, loss, terms)
+        elif not _finite_on_all_ranks(loss):
             bad = [k for k, v in terms.items() if k != "loss" and not torch.isfinite(v)] or ["loss"]
             if not self.options.skip_nonfinite:
                 raise NonFiniteLossError(self.step, bad)
@@ -231,6 +298,8 @@ def train_one_epoch(
     model.train()
     reporter = StepReporter(total_batches, progress.batch_in_epoch, f"train {progress.epoch}", show_progress, log_interval)
     memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
+    check_interval = options.check_interval(device)
+    guard = progress.nonfinite if check_interval > 1 else None
     for images, labels, _ in loader:
         if progress.step >= max_steps or (total_batches is not None and progress.batch_in_epoch >= total_batches):
             break
@@ -238,7 +307,7 @@ def train_one_epoch(
         method.set_step(progress.step)
         images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
         labels = labels.to(device, non_blocking=True)
-        stepper = Stepper(device, options, progress.step)
+        stepper = Stepper(device, options, progress.step, guard)
         terms = method_step(method, model, images, labels, optimizer, scaler, stepper)
         if terms is None:
             progress.skipped_nonfinite += 1
@@ -249,9 +318,12 @@ def train_one_epoch(
         progress.batch_in_epoch += 1
         progress.lr = stepper.lr if stepper.lr is not None else optimizer.param_groups[0]["lr"]
         reporter.update(progress.step, terms["loss"] if terms else torch.zeros(()), progress.lr)
+        if guard is not None and progress.step % check_interval == 0:
+            guard.check()
         if on_step is not None:
             on_step(progress)
     reporter.close()
+    progress.nonfinite.check()
 
 
 def dry_run(model: nn.Module, method, train_loader, train_sampler, optimizer, scaler, device: torch.device,

@@ -54,6 +54,7 @@ def add_up_loss(logits: torch.Tensor, labels: torch.Tensor, partner_labels: torc
 
 
 def random_partner(batch_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """A random permutation of the batch from torch's global (CPU) generator, as the official
-    ``torch.randperm(batch_size)``: seeding and exact resume (which restore that generator) cover it."""
-    return torch.randperm(batch_size).to(device)
+    """A random permutation of the batch, as the official ``torch.randperm(batch_size)``, drawn on
+    ``device`` by its generator: no host-to-device copy per step on a GPU. Seeding and exact
+    resume cover it (checkpoints restore the CPU generator and the training GPU's)."""
+    return torch.randperm(batch_size, device=device)

@@ -224,3 +224,119 @@ def test_elapsed_time_carries_over_a_resume(monkeypatch):
     now[0] = 5030.0  # 30 s into the second process
     assert resumed.elapsed() == 280.0
     assert engine.TrainProgress(**{k: v for k, v in saved.items() if k != "elapsed_s"}).elapsed() == 0.0  # old checkpoint
+
+
+# --------------------------------------------------------------------------- host synchronisations
+class HostReads:
+    """Counts the calls that copy a tensor's value to the host (a host synchronisation on CUDA)."""
+
+    METHODS = ("item", "__bool__", "__float__", "__int__", "tolist")
+
+    def __init__(self, monkeypatch) -> None:
+        self.calls: list[str] = []
+        for name in self.METHODS:
+            original = getattr(torch.Tensor, name)
+
+            def counted(tensor, *args, _name=name, _original=original):
+                self.calls.append(_name)
+                return _original(tensor, *args)
+
+            monkeypatch.setattr(torch.Tensor, name, counted)
+
+
+class TinyNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3 * 4 * 4, 7)
+
+    def forward(self, images: torch.Tensor):
+        from models.heads import ModelOutput
+
+        return ModelOutput(self.fc(images.flatten(1)))
+
+
+def _twenty_steps(options: engine.StepOptions, method=None, nan_at: int | None = None) -> engine.TrainProgress:
+    torch.manual_seed(0)
+    model = TinyNet()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)  # no host reads of its own
+    loader = [(*batch(4, 4, seed=s), None) for s in range(20)]
+    if nan_at is not None:
+        loader[nan_at] = (loader[nan_at][0] * float("nan"), loader[nan_at][1], None)
+    progress = engine.TrainProgress()
+    engine.train_one_epoch(model, method or methods.make_method("ce", RAF_DB_COUNTS), loader, optimizer,
+                           NoSchedule(), None, CPU, options, progress, max_steps=20, show_progress=False)
+    return progress
+
+
+def test_the_nonfinite_guard_reads_the_device_once_per_interval_not_per_step(monkeypatch):
+    method = methods.make_method("ce", RAF_DB_COUNTS)  # built before counting (its class weights are read)
+    reads = HostReads(monkeypatch)
+    _twenty_steps(engine.StepOptions(nonfinite_check_interval=10), method)
+    # steps 10 and 20, and the end of the epoch (nothing recorded since: no read)
+    assert reads.calls == ["item", "item"]
+    reads.calls.clear()
+    _twenty_steps(engine.StepOptions(nonfinite_check_interval=1), method)  # the per-step check, for comparison
+    assert len(reads.calls) == 20
+
+
+def test_the_deferred_guard_names_the_first_nonfinite_step_and_term():
+    with pytest.raises(engine.NonFiniteLossError, match=r"step 3 in term\(s\) ce") as info:
+        _twenty_steps(engine.StepOptions(nonfinite_check_interval=10), nan_at=3)
+    assert info.value.step == 3 and info.value.terms == ["ce"]
+
+
+def test_reading_the_sums_checks_the_guard_first():
+    # A checkpoint or a log line reads the sums: a non-finite step before it stops the run there.
+    progress = engine.TrainProgress()
+    progress.nonfinite.record(4, torch.tensor(float("inf")), {"ce": torch.tensor(float("inf"))})
+    progress.add_terms({"loss": torch.tensor(float("inf"))})
+    with pytest.raises(engine.NonFiniteLossError, match="step 4"):
+        progress.state_dict()
+    assert math.isinf(progress.state_dict()["sums"]["loss"])  # the diagnostic save after it goes through
+
+
+def test_check_interval_is_one_on_cpu_and_with_skip_fifty_on_a_gpu():
+    cuda = torch.device("cuda", 0)
+    assert engine.StepOptions().check_interval(CPU) == 1
+    assert engine.StepOptions().check_interval(cuda) == 50
+    assert engine.StepOptions(skip_nonfinite=True).check_interval(cuda) == 1
+    assert engine.StepOptions(nonfinite_check_interval=7).check_interval(cuda) == 7
+
+
+class _LeftRightModel(nn.Module):
+    """Logits [left pixel, 2 x right pixel] of a 1x2 image: not mirror-symmetric, so the flip matters."""
+
+    def forward(self, x: torch.Tensor, with_maps: bool = False):
+        from models import ModelOutput
+
+        return ModelOutput(torch.stack([x[:, 0, 0, 0], 2 * x[:, 0, 0, 1]], dim=1))
+
+
+def test_flip_tta_averages_the_softmax_of_a_face_and_its_mirror_under_the_prediction_rule():
+    image = torch.tensor([[[[1.0, 0.0]]]])  # logits [1, 0]; its mirror [0, 1] gives logits [0, 2]
+    e = math.e
+    plain = [e / (e + 1), 1 / (e + 1)]
+    mirror = [1 / (1 + e**2), e**2 / (1 + e**2)]
+    probs = engine.tta_probabilities(_LeftRightModel(), image, "flip")
+    torch.testing.assert_close(probs, torch.tensor([[(plain[0] + mirror[0]) / 2, (plain[1] + mirror[1]) / 2]]))
+    torch.testing.assert_close(engine.tta_probabilities(_LeftRightModel(), image, "none"), torch.tensor([plain]))
+    # The method's prediction rule (here: subtract [0, 1], as post-hoc logit adjustment subtracts tau log prior)
+    # is applied to each view before its softmax: softmax([1, -1]) and softmax([0, 1]).
+    rule = lambda logits: logits - torch.tensor([0.0, 1.0])  # noqa: E731
+    adjusted = engine.tta_probabilities(_LeftRightModel(), image, "flip", rule)
+    a, b = [e**2 / (e**2 + 1), 1 / (e**2 + 1)], [1 / (1 + e), e / (1 + e)]
+    torch.testing.assert_close(adjusted, torch.tensor([[(a[0] + b[0]) / 2, (a[1] + b[1]) / 2]]))
+
+
+def test_predict_with_flip_tta_returns_the_averaged_probabilities_and_their_argmax():
+    # Two faces: [1, 0] -> p(class 1) = 0.5 * (0.2689 + 0.8808) = 0.575, predicted 1 only with the mirror;
+    # [3, 0] -> class 0 either way.
+    images = torch.tensor([[[[1.0, 0.0]]], [[[3.0, 0.0]]]])
+    loader = [(images, torch.tensor([0, 0]), torch.tensor([0, 1]))]
+    _, _, plain_pred, _ = engine.predict(_LeftRightModel(), loader, torch.device("cpu"), show_progress=False)
+    _, _, flip_pred, flip_probs = engine.predict(_LeftRightModel(), loader, torch.device("cpu"), show_progress=False,
+                                                 tta="flip")
+    assert plain_pred.tolist() == [0, 0] and flip_pred.tolist() == [1, 0]
+    torch.testing.assert_close(flip_probs.sum(1), torch.ones(2))
+    with pytest.raises(ValueError, match="--tta"):
+        engine.predict(_LeftRightModel(), loader, torch.device("cpu"), show_progress=False, tta="five-crop")

@@ -93,6 +93,25 @@ def test_one_step_updates_student_and_teacher_as_computed_by_hand():
     np.testing.assert_allclose(teacher.fc.bias.detach().numpy(), bt2, rtol=1e-5, atol=1e-6)
 
 
+def test_an_mpl_step_reads_nothing_from_the_device_with_the_deferred_guard(monkeypatch):
+    # Both updates (student, teacher) record their check on the device: no host sync in the step.
+    from test_engine import HostReads
+
+    teacher, student = Linear([[1.0, -0.5], [0.2, 0.3], [-0.4, 0.8]], [0.1, 0.0, -0.1]), Linear([[0.3, 0.1]] * 3, [0.0] * 3)
+    method = make_method("face2exp", [1, 1, 1], unlabeled_root="unused", mu=1, finetune_epochs=0)
+    method.teacher_optimizer, method.teacher_scaler = torch.optim.SGD(teacher.parameters(), lr=0.3), None
+    images, labels = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 2])
+    weak, strong = torch.tensor([[2.0, 1.0], [-1.0, 0.5]]), torch.tensor([[1.5, 1.0], [-0.5, 1.5]])
+    guard = engine.NonFiniteGuard()
+    stepper = engine.Stepper(torch.device("cpu"), engine.StepOptions(nonfinite_check_interval=50), 0, guard)
+    reads = HostReads(monkeypatch)
+    terms = method.mpl_step(student, teacher, images, labels, weak, strong,
+                            torch.optim.SGD(student.parameters(), lr=0.5), None, stepper)
+    assert terms is not None and reads.calls == []
+    guard.check()  # the one read, when the engine asks for it
+    assert reads.calls == ["item"]
+
+
 def test_the_confidence_threshold_is_applied_when_set():
     weak = torch.tensor([[4.0, 0.0, 0.0], [0.2, 0.1, 0.0]])  # confident, unsure
     strong = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.5]])

@@ -100,6 +100,20 @@ def test_training_step_mixes_with_a_partner_from_the_global_generator():
     assert model.head.log_var[3].weight.grad.abs().sum() > 0
 
 
+def test_random_partner_is_drawn_on_the_training_device(monkeypatch):
+    # Made on the CPU and copied, it cost a host-to-device copy at every RUL step on a GPU.
+    calls = []
+    randperm = torch.randperm
+
+    def recording_randperm(n, *args, **kwargs):
+        calls.append(kwargs.get("device"))
+        return randperm(n, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "randperm", recording_randperm)
+    partner = random_partner(8, torch.device("meta"))  # meta: a device other than the CPU
+    assert calls == [torch.device("meta")] and partner.device.type == "meta" and partner.shape == (8,)
+
+
 def test_random_partner_follows_torch_manual_seed():
     torch.manual_seed(7)
     first = random_partner(16)
