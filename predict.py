@@ -2,13 +2,17 @@
 
     python predict.py output/demo/best.pth photo.jpg photos/ 'shots/*.png' [--out DIR]
     python predict.py CKPT crops/ --no-detect        # images that are already face crops
+    python predict.py CKPT clip.mp4 --output DIR [--smooth 0.3] [--annotate]   # a video: DIR/clip.csv
 
 Faces are framed as the checkpoint was trained: aligned to its template (``--align`` at training,
 data/align.py) with dlib's detector and landmarks, or else OpenCV's Haar box with a 20% margin per
 side (as RAF-DB's aligned faces are framed; see utils/inference.py), also the fallback where dlib
 finds no face; the log says which. Each crop goes through the checkpoint's own preprocessing. Prints the top classes per face. ``--out DIR`` writes each photo with boxes and
 labels drawn, ``predictions.csv`` (one row per face) and ``predictions.json`` (one entry per
-image, with no-face and unreadable images too).
+image, with no-face and unreadable images too). A video file (utils/video.py) gives
+``<stem>.csv`` with one row per face per frame (time, box, class probabilities; a frame without a
+face has one row saying so), ``--annotate`` a copy of the video with the faces drawn, and
+``--smooth A`` an exponential moving average of each tracked face's probabilities.
 
 Exit status: 0 when every image was read, 1 when any image failed (unreadable, too small, or an
 input that names nothing), 2 for a bad checkpoint or no images at all. A photo in which no face
@@ -29,6 +33,7 @@ from utils.checkpoint import CheckpointError
 from data.align import TEMPLATES, AlignError
 from utils.inference import HAAR, ImageError, Predictor, expand_inputs, load_predictor, locate_faces, read_image, resolve_framing
 from utils.logging import error_exit
+from utils.video import VideoError, is_video, predict_video
 
 DRAW_MIN_SIDE = 256  # small images are enlarged before drawing so the labels stay readable
 
@@ -43,7 +48,14 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="face framing: auto = the checkpoint's (its --align template, else the Haar box); haar; "
                         "or a template of data/align.py")
     p.add_argument("--top", type=int, default=3, help="how many classes to print per face")
-    p.add_argument("--out", default=None, help="write annotated images, predictions.csv and predictions.json here")
+    p.add_argument("--output", "--out", dest="output", default=None,
+                   help="write annotated images, predictions.csv and predictions.json here (and a video's CSV; "
+                        "--out is the old name)")
+    p.add_argument("--smooth", type=float, default=None, metavar="A",
+                   help="videos: per tracked face, the moving average A * p_t + (1 - A) * s_{t-1} of the class "
+                        "probabilities (0 < A <= 1; utils/video.py states the tracking rule)")
+    p.add_argument("--annotate", action="store_true", help="videos: also write OUTPUT/<stem>_annotated.mp4")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on videos")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
     return p
 
@@ -145,11 +157,17 @@ def write_outputs(records: list[dict[str, Any]], classes: list[str], out: Path) 
 def main(args: argparse.Namespace) -> int:
     if args.top < 1:
         error_exit(f"--top must be at least 1, got {args.top}")
-    paths, problems = expand_inputs(args.inputs)
+    if args.smooth is not None and not 0 < args.smooth <= 1:
+        error_exit(f"--smooth is the weight of the newest frame, in (0, 1]; got {args.smooth}")
+    videos = [Path(item) for item in args.inputs if is_video(item)]
+    others = [item for item in args.inputs if not is_video(item)]
+    paths, problems = expand_inputs(others) if others else ([], [])
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
-    if not paths:
+    if not paths and not videos:
         error_exit("no images to predict: " + "; ".join(problems))
+    if videos and not args.output:
+        error_exit(f"{videos[0]}: a video's per-frame CSV needs --output DIR")
     try:
         predictor = load_predictor(args.checkpoint, args.device)
     except CheckpointError as exc:
@@ -169,16 +187,31 @@ def main(args: argparse.Namespace) -> int:
         for line in describe(record, args.top):
             print(line)
         records.append(record)
-    if args.out:
+    if args.output and records:
         try:
-            write_outputs(records, predictor.classes, Path(args.out))
+            write_outputs(records, predictor.classes, Path(args.output))
         except OSError as exc:
-            error_exit(f"--out {args.out}: cannot write ({exc.strerror or exc})")
-        print(f"wrote annotated images, predictions.csv and predictions.json to {args.out}")
+            error_exit(f"--output {args.output}: cannot write ({exc.strerror or exc})")
+        print(f"wrote annotated images, predictions.csv and predictions.json to {args.output}")
     failed = sum(1 for r in records if r["error"]) + len(problems)
-    faces = sum(len(r["faces"]) for r in records)
-    no_face = sum(1 for r in records if not r["error"] and not r["faces"])
-    print(f"{len(records)} images: {faces} face(s), {no_face} without a face, {failed} failed")
+    for video in videos:
+        try:
+            done = predict_video(predictor, video, Path(args.output), aligner, args.smooth, args.annotate,
+                                 progress=not args.no_progress, detect=not args.no_detect)
+        except VideoError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        except OSError as exc:
+            error_exit(f"--output {args.output}: cannot write ({exc.strerror or exc})")
+        rate = f" at {done['fps']:.2f} fps" if done["fps"] else ""
+        print(f"{video}: {done['frames']} frames{rate}, {done['faces']} face(s) in {done['tracks']} track(s); "
+              f"wrote {done['csv']}" + (f" and {done['annotated']}" if done["annotated"] else ""))
+    if records or problems:
+        faces = sum(len(r["faces"]) for r in records)
+        no_face = sum(1 for r in records if not r["error"] and not r["faces"])
+        image_failed = sum(1 for r in records if r["error"]) + len(problems)
+        print(f"{len(records)} images: {faces} face(s), {no_face} without a face, {image_failed} failed")
     return 1 if failed else 0
 
 
