@@ -4,7 +4,7 @@
 
 The model and the evaluation settings (dataset, image size, normalisation, precision, batch
 size) come from the checkpoint, so the numbers equal those train.py logged for it. Writes
-``confusion_matrix.png`` and ``predictions.csv`` next to the checkpoint (or to --out-dir).
+``confusion_matrix.png`` and ``predictions.csv`` next to the checkpoint (or to --output).
 
 Cross-dataset: ``--dataset``/``--data-root`` of another dataset (a folder root may hold only
 ``test/`` or ``val/``) whose classes may differ. Evaluation is on the classes both have: images of
@@ -51,7 +51,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="face framing of raw images: auto = align to the checkpoint's template (its --align) when "
                         "the data is not the checkpoint's own and its align.json does not name that template; none; "
                         "or a data/align.py template to apply")
-    p.add_argument("--out-dir", default=None, help="where to write the figure and CSV (default: next to the checkpoint)")
+    p.add_argument("--output", "--out-dir", dest="output", default=None,
+                   help="where to write the figure and CSV (default: next to the checkpoint; --out-dir: the old name)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--network", default=None,
                    help="which network of a multi-network checkpoint: the main one (default; Face2Exp's student) "
@@ -249,7 +250,7 @@ def main(args: argparse.Namespace) -> dict:
     for name, row in zip(classes, metrics["confusion_matrix"]):
         print(f"  {name:<{width}}  " + " ".join(f"{n:5d}" for n in row))
 
-    out_dir = Path(args.out_dir) if args.out_dir else Path(args.checkpoint).parent
+    out_dir = Path(args.output) if args.output else Path(args.checkpoint).parent
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{Path(args.checkpoint).stem}_{args.split}" + (f"_{args.network}" if args.network else "")
     plot_confusion_matrix(metrics["confusion_matrix"], classes, out_dir / f"{stem}_confusion_matrix.png",

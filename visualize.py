@@ -1,7 +1,7 @@
 """Show where a trained model looks: class activation maps overlaid on the face.
 
-    python visualize.py output/demo/best.pth face.jpg photos/ --out maps/ [--classes pred,true]
-    python visualize.py CKPT crops/ --no-detect --out maps/ --classes happiness,fear
+    python visualize.py output/demo/best.pth face.jpg photos/ --output maps/ [--classes pred,true]
+    python visualize.py CKPT crops/ --no-detect --output maps/ --classes happiness,fear
 
 For every face (found and framed as predict.py does: the checkpoint's alignment, else the Haar
 box; or the whole image with --no-detect) it writes
@@ -39,7 +39,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", help="a .pth written by train.py")
     p.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or glob patterns")
-    p.add_argument("--out", required=True, help="folder for the PNG grids")
+    p.add_argument("--output", "--out", dest="output", required=True, help="folder for the PNG grids (--out: the old name)")
     p.add_argument("--classes", default="all", help="all, pred, true, class names, or a comma-separated mix")
     p.add_argument("--labels", default=None, help="true labels: a RAF-DB style list 'name label' (labels 1..K)")
     p.add_argument("--no-detect", action="store_true", help="the images are face crops: use each whole image")
@@ -178,11 +178,11 @@ def main(args: argparse.Namespace) -> int:
         error_exit(str(exc))
     tokens = parse_class_spec(args.classes, predictor.classes)
     labels = read_labels(args.labels, predictor.classes) if args.labels else {}
-    out = Path(args.out)
+    out = Path(args.output)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        error_exit(f"--out {out}: cannot create ({exc.strerror or exc})")
+        error_exit(f"--output {out}: cannot create ({exc.strerror or exc})")
     aligner = None
     if not args.no_detect:
         try:
