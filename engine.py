@@ -118,10 +118,12 @@ class TrainProgress:
     batches: int = 0
     skipped_nonfinite: int = 0
     elapsed_s: float = 0.0
+    scaler_skipped: int = 0  # updates the fp16 gradient scaler skipped (inf/NaN gradients), whole run
 
     def __post_init__(self) -> None:
         self._pending: dict[str, torch.Tensor] = {}
         self.nonfinite = NonFiniteGuard()  # read with the sums: nothing non-finite is logged or saved
+        self._scaler_skips: torch.Tensor | None = None  # on the device, added to scaler_skipped when read
         self.lr = float("nan")  # the logged learning rate of the last step (not saved: set by every step)
         self._clock_start: float | None = None
 
@@ -150,8 +152,14 @@ class TrainProgress:
             self._pending[name] = self._pending[name] + value if name in self._pending else value
         self.batches += 1
 
+    def add_scaler_skips(self, skips: torch.Tensor) -> None:
+        self._scaler_skips = skips if self._scaler_skips is None else self._scaler_skips + skips
+
     def _sync(self) -> None:
         self.nonfinite.check()
+        if self._scaler_skips is not None:
+            self.scaler_skipped += int(self._scaler_skips)
+            self._scaler_skips = None
         for name, value in self._pending.items():
             self.sums[name] = self.sums.get(name, 0.0) + float(value)
         self._pending = {}
@@ -164,7 +172,7 @@ class TrainProgress:
         self._sync()
         return {"epoch": self.epoch, "step": self.step, "batch_in_epoch": self.batch_in_epoch,
                 "sums": dict(self.sums), "batches": self.batches, "skipped_nonfinite": self.skipped_nonfinite,
-                "elapsed_s": self.elapsed()}
+                "elapsed_s": self.elapsed(), "scaler_skipped": self.scaler_skipped}
 
 
 def autocast(device: torch.device, amp: str):
@@ -200,6 +208,7 @@ class Stepper:
         self.device, self.options, self.step, self.guard = device, options, step, guard
         self.lr: float | None = None
         self.skipped: list[str] = []  # the non-finite terms of a skipped update
+        self.scaler_skips: torch.Tensor | None = None  # updates the fp16 scaler skipped in this step (device)
 
     def autocast(self):
         return autocast(self.device, self.options.amp)
@@ -228,7 +237,12 @@ class Stepper:
             torch.nn.utils.clip_grad_norm_(list(parameters), self.options.clip_grad)
         if scaler is not None:
             scaler.step(optimizer)
+            # The scaler skips an update with inf/NaN gradients and only then lowers its scale:
+            # counted on the device (scaler.get_scale() would synchronise).
+            before = scaler._get_scale_async().clone()
             scaler.update()
+            skipped = (scaler._get_scale_async() < before).to(torch.int64)
+            self.scaler_skips = skipped if self.scaler_skips is None else self.scaler_skips + skipped
         else:
             optimizer.step()
         return True
@@ -314,6 +328,8 @@ def train_one_epoch(
             reporter.write(f"warning: skipped batch at step {progress.step}: non-finite {', '.join(stepper.skipped)}")
         else:
             progress.add_terms(terms)
+        if stepper.scaler_skips is not None:
+            progress.add_scaler_skips(stepper.scaler_skips)
         progress.step += 1
         progress.batch_in_epoch += 1
         progress.lr = stepper.lr if stepper.lr is not None else optimizer.param_groups[0]["lr"]

@@ -224,7 +224,8 @@ def run_summary(args, train_set, test_set, val_set, prior, method, model, head, 
         f"model {args.backbone} + {head} head @ {args.img_size}px: {count_parameters(model) / 1e6:.2f}M "
         f"parameters, {len(classes)} classes; device {device}, amp {args.amp}, world size {dist_info.world_size}, "
         f"mirror {args.flip_forward}",
-        f"{total_steps} steps ({steps_per_epoch}/epoch, {math.ceil(total_steps / steps_per_epoch)} epochs), lr "
+        f"{total_steps} steps ({steps_per_epoch}/epoch, {math.ceil(total_steps / steps_per_epoch)} epochs) of "
+        f"{args.batch_size * dist_info.world_size} images ({args.batch_size} per process x {dist_info.world_size}), lr "
         f"{args.lr * lr_scale(args):.3g} ({args.opt}, {args.sched}, weight decay {args.weight_decay} on "
         f"{args.weight_decay_scope} parameters)",
         amp_reason,
@@ -328,6 +329,9 @@ def main(args: argparse.Namespace) -> None:
         logger.info(bad_images_line(Path(args.output) / "bad_images.tsv"))
     if progress.skipped_nonfinite:
         logger.info(f"skipped {progress.skipped_nonfinite} batches with a non-finite loss")
+    if scaler is not None:
+        logger.info(f"the fp16 gradient scaler skipped {progress.scaler_skipped} of {progress.step} updates "
+                    "(inf/NaN gradients; it halves its scale each time)")
     logger.info(f"done in {progress.elapsed():.0f}s of training; checkpoints in {args.output}")
     for line in summary_lines(progress.step, evaluate.last, best, classes):
         logger.info(line)

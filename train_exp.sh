@@ -24,7 +24,11 @@
 #   NGPUS (processes per machine; default: all visible GPUs, 1 on CPU),
 #   NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT for several machines (torchrun rendezvous).
 # Extra flags are passed to train.py last, so they override the recipe (e.g. --rac-weight 0).
-# Precision: fp16 on CUDA; on CPU bf16 only where measured faster than fp32 here (--amp overrides).
+# Batch rule, the same for every recipe: a recipe's --batch-size is its paper's TOTAL batch, kept on any
+#   number of processes (NNODES x NGPUS): each process gets total / processes (which must divide it), so the
+#   steps, epochs and learning rate are the paper's. A --batch-size among the extra flags is per process.
+# Precision: --amp auto: on CUDA bf16 where the GPU has it natively, else fp16 with a gradient scaler; on CPU
+#   bf16 only where measured faster than fp32 here (--amp overrides).
 set -eu
 
 RECIPE="${1:-swin}"
@@ -97,14 +101,15 @@ DLIB_FERPLUS="--backbone dlib_resnet --pretrained dlib --norm dlib --img-size 11
   --weight-decay 1e-4 --sched cosine --warmup-steps 200 --batch-size 64 --epochs 10 --eval-interval 195 --cache-images"
 FERPLUS_ROOT="${FERPLUS_ROOT:-dataset/ferplus}"
 # Face2Exp (official src/main.py defaults + the README's AffectNet command: --randaug 2 16 --batch-size 8
-# --teacher_lr 1e-3 --student_lr 1e-3 --total-steps 180000 --eval-step 100 --seed 5 --resize 224, on 2 GPUs):
+# --teacher_lr 1e-3 --student_lr 1e-3 --total-steps 180000 --eval-step 100 --seed 5 --resize 224, on 2 GPUs:
+# a total batch of 16):
 # ResNet-50, SGD with plain momentum 0.9 and no weight decay for both networks, cosine to 0 without warmup,
 # mu 7, lambda_u 1, T 1, no confidence mask (the official one is never applied), then 125 epochs of
 # fine-tuning the student (SGD lr 1e-5, no momentum); class-balanced labelled batches (the paper's balanced
-# base network). --batch-size is per process: NGPUS=2 gives the official 2 x 8.
+# base network). --batch-size 16 is the official total (2 GPUs x 8); NGPUS=2 gives 8 per process.
 F2E="--method face2exp --backbone resnet50 --img-size 224 --norm imagenet --hflip 0.5 --scale-min 1.0 --reprob 0 \
   --opt momentum --momentum 0.9 --weight-decay 0 --lr 1e-3 --teacher-lr 1e-3 --sched cosine --warmup-steps 0 \
-  --min-lr 0 --batch-size 8 --steps 180000 --eval-interval 100 --mu 7 --randaug 2 16 --lambda-u 1 --uda-steps 1 \
+  --min-lr 0 --batch-size 16 --steps 180000 --eval-interval 100 --mu 7 --randaug 2 16 --lambda-u 1 --uda-steps 1 \
   --temperature 1 --finetune-epochs 125 --finetune-lr 1e-5 --finetune-momentum 0 --finetune-weight-decay 0 \
   --seed 5 --balanced-sampler"
 
@@ -200,14 +205,29 @@ have_cuda() {
   case "${CUDA_VISIBLE_DEVICES-unset}" in ""|-1) return 1 ;; esac
   "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null
 }
+# train.py's --amp auto (its choice and reason are in the log): on CUDA bf16 where native, else fp16 with
+# a scaler; on a CPU bf16 only where a timed probe finds it faster than fp32 (cached per machine).
+FAST="--amp auto --channels-last"
 if have_cuda; then
-  FAST="--amp fp16 --channels-last"
   NGPUS="${NGPUS:-$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())')}"
 else
-  # train.py's --amp auto: bf16 only where a timed probe on this CPU finds it faster than fp32
-  # (cached per machine; the choice and its reason are in the log). Append --amp bf16 to force it.
-  FAST="--amp auto --channels-last"
   NGPUS="${NGPUS:-1}"
+fi
+
+# The batch rule (above): the recipe's last --batch-size is the total, split over the processes.
+PROCESSES=$(( ${NNODES:-1} * NGPUS ))
+TOTAL_BATCH=$(printf '%s\n' "$FLAGS" | sed -n 's/.*--batch-size \([0-9][0-9]*\).*/\1/p')
+if [ -n "$TOTAL_BATCH" ] && [ "$PROCESSES" -gt 1 ]; then
+  if [ $(( TOTAL_BATCH % PROCESSES )) -ne 0 ]; then
+    echo "error: recipe $RECIPE's total batch $TOTAL_BATCH does not divide over $PROCESSES processes" \
+      "(NNODES=${NNODES:-1} x NGPUS=$NGPUS); set NGPUS to a divisor of $TOTAL_BATCH" >&2
+    exit 2
+  fi
+  FLAGS="$FLAGS --batch-size $(( TOTAL_BATCH / PROCESSES ))"
+fi
+if [ -n "$TOTAL_BATCH" ]; then
+  echo "batch rule: the paper's total batch $TOTAL_BATCH is kept: $(( TOTAL_BATCH / PROCESSES )) per process x" \
+    "$PROCESSES process(es); steps and learning rate as in the paper"
 fi
 
 # tcmalloc (Debian/Ubuntu package libtcmalloc-minimal4): +4% on the Xeon of bench/RESULTS.md, more on others.

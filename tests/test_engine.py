@@ -330,8 +330,8 @@ def test_flip_tta_averages_the_softmax_of_a_face_and_its_mirror_under_the_predic
 
 def test_predict_with_flip_tta_returns_the_averaged_probabilities_and_their_argmax():
     # Two faces: [1, 0] -> p(class 1) = 0.5 * (0.2689 + 0.8808) = 0.575, predicted 1 only with the mirror;
-    # [3, 0] -> class 0 either way.
-    images = torch.tensor([[[[1.0, 0.0]]], [[[3.0, 0.0]]]])
+    # [0, -3] -> logits [0, -6] and, mirrored, [-3, 0]: p(class 0) = 0.5 * (0.9975 + 0.0474) = 0.522, class 0.
+    images = torch.tensor([[[[1.0, 0.0]]], [[[0.0, -3.0]]]])
     loader = [(images, torch.tensor([0, 0]), torch.tensor([0, 1]))]
     _, _, plain_pred, _ = engine.predict(_LeftRightModel(), loader, torch.device("cpu"), show_progress=False)
     _, _, flip_pred, flip_probs = engine.predict(_LeftRightModel(), loader, torch.device("cpu"), show_progress=False,
@@ -340,3 +340,24 @@ def test_predict_with_flip_tta_returns_the_averaged_probabilities_and_their_argm
     torch.testing.assert_close(flip_probs.sum(1), torch.ones(2))
     with pytest.raises(ValueError, match="--tta"):
         engine.predict(_LeftRightModel(), loader, torch.device("cpu"), show_progress=False, tta="five-crop")
+
+
+def test_the_updates_the_fp16_scaler_skips_are_counted():
+    # A scale near float32's limit overflows the first gradients (6 of 12 here): the scaler skips
+    # those updates and halves its scale each time. The count is kept on the device, read with the sums.
+    torch.manual_seed(0)
+    model, method = TinyNet(), methods.make_method("ce", RAF_DB_COUNTS)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127, growth_interval=1000)
+    loader = [(images * 100, labels, None) for images, labels in (batch(4, 4, seed=s) for s in range(12))]
+    weights = [model.fc.weight.detach().clone()]
+    progress = engine.TrainProgress()
+    engine.train_one_epoch(model, method, loader, optimizer, NoSchedule(), scaler, CPU,
+                           engine.StepOptions(nonfinite_check_interval=100), progress, max_steps=12, show_progress=False,
+                           on_step=lambda _: weights.append(model.fc.weight.detach().clone()))
+    skipped = sum(torch.equal(a, b) for a, b in zip(weights, weights[1:]))
+    assert 0 < skipped < 12
+    assert progress.scaler_skipped == 0  # counted on the device, not read yet
+    progress.averages()
+    assert progress.scaler_skipped == skipped
+    assert progress.state_dict()["scaler_skipped"] == skipped

@@ -228,3 +228,59 @@ def test_recipe_without_dataset_explains_what_to_do(recipe, tmp_path):
 def test_unknown_recipe_is_refused(tmp_path):
     result = run_recipe("swim", {"DATA_ROOT": str(tmp_path)})
     assert result.returncode == 2 and "unknown recipe 'swim'" in result.stderr
+
+
+# --------------------------------------------------------------------------- several GPUs, stubbed
+FOUR_GPU_PYTHON = """#!/bin/sh
+# A python that reports 4 CUDA devices and records the training command instead of running it.
+case "$*" in
+  *is_available*) exit 0 ;;
+  *device_count*) echo 4; exit 0 ;;
+esac
+printf '%s\\n' "$@" > "$LAUNCH_RECORD"
+"""
+
+
+def launch_on_four_gpus(recipe: str, tmp_path: Path, env_extra: dict[str, str] | None = None):
+    stub = tmp_path / "python"
+    stub.write_text(FOUR_GPU_PYTHON)
+    stub.chmod(0o755)
+    raf = tmp_path / "raf"
+    (raf / "EmoLabel").mkdir(parents=True, exist_ok=True)
+    (raf / "EmoLabel" / "list_patition_label.txt").write_text("train_00001.jpg 1\n")
+    record = tmp_path / "launch.txt"
+    env = {k: v for k, v in os.environ.items() if k not in ("NGPUS", "NNODES", "CUDA_VISIBLE_DEVICES", "LD_PRELOAD")}
+    env.update({"PYTHON": str(stub), "DATA_ROOT": str(raf), "UNLABELED_ROOT": str(raf), "LAUNCH_RECORD": str(record),
+                **(env_extra or {})})
+    result = subprocess.run(["sh", "train_exp.sh", recipe], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=60)
+    argv = record.read_text().split("\n") if record.exists() else []
+    return result, argv
+
+
+def last_value(argv: list[str], flag: str) -> str:
+    return argv[len(argv) - 1 - argv[::-1].index(flag) + 1]
+
+
+# Each recipe's paper batch (the total): MEK/EAC 32, RUL 64, DAN 256, Face2Exp 2 GPUs x 8, MEK's Swin-T 32.
+@pytest.mark.parametrize("recipe,total", [("mek-r18", 32), ("swin", 32), ("rul", 64), ("dan", 256), ("face2exp", 16)])
+def test_on_four_gpus_every_recipe_keeps_its_papers_total_batch(recipe, total, tmp_path):
+    result, argv = launch_on_four_gpus(recipe, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert argv[:4] == ["-m", "torch.distributed.run", "--nnodes", "1"] and last_value(argv, "--nproc_per_node") == "4"
+    assert int(last_value(argv, "--batch-size")) * 4 == total
+    assert f"batch rule: the paper's total batch {total} is kept: {total // 4} per process x 4 process(es)" in result.stdout
+    # the steps and learning rate are the recipe's own, whatever the number of GPUs
+    single, single_argv = launch_on_four_gpus(recipe, tmp_path, {"NGPUS": "1"})
+    assert single.returncode == 0 and int(last_value(single_argv, "--batch-size")) == total
+    for flag in ("--lr", "--steps", "--epochs"):
+        if flag in single_argv:
+            assert last_value(argv, flag) == last_value(single_argv, flag)
+    # --amp auto: bf16 where the GPU has it natively, fp16 with a scaler otherwise (train.py decides)
+    assert last_value(argv, "--amp") == "auto"
+
+
+def test_a_total_batch_that_does_not_divide_over_the_gpus_is_refused(tmp_path):
+    result, argv = launch_on_four_gpus("mek-r18", tmp_path, {"NGPUS": "3"})
+    assert result.returncode == 2 and argv == []
+    assert "total batch 32 does not divide over 3 processes" in result.stderr and "NGPUS" in result.stderr

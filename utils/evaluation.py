@@ -73,6 +73,7 @@ def eval_record(progress, averages: dict, lr: float, test: dict, val: dict | Non
     record = {"epoch": progress.epoch, "step": progress.step, "loss": averages.get("loss", float("nan")),
               **{f"loss_{k}": v for k, v in averages.items() if k != "loss"},
               "lr": lr, "skipped_nonfinite": progress.skipped_nonfinite,
+              "scaler_skipped": getattr(progress, "scaler_skipped", 0),
               **_metric_items(test),
               **{f"{name}_{k}": v for name, m in networks.items() for k, v in _metric_items(m).items()},
               "classes": classes, "time": round(elapsed, 1), "selected_on": best.selected_on}
