@@ -303,23 +303,30 @@ def train_one_epoch(
     show_progress: bool = True,
     total_batches: int | None = None,
     log_interval: int = 50,
+    ema=None,
+    batch_augment=None,
 ) -> None:
     """Train from ``progress`` (possibly mid-epoch) to the end of the loader or ``max_steps``.
 
     Per batch: the main schedule's lr, ``method.set_step``, then ``method.train_step`` with a
-    :class:`Stepper` (the method's forwards, losses and updates), then progress and ``on_step``.
+    :class:`Stepper` (the method's forwards, losses and updates), the weight average's update
+    (``--ema``; ``utils/ema.py``), then progress and ``on_step``. With ``--batch-augment`` the loader
+    gives uint8 faces, augmented here on the device (``data/batch_augment.py``).
     """
     model.train()
     reporter = StepReporter(total_batches, progress.batch_in_epoch, f"train {progress.epoch}", show_progress, log_interval)
     memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
     check_interval = options.check_interval(device)
     guard = progress.nonfinite if check_interval > 1 else None
-    for images, labels, _ in loader:
+    for images, labels, indices in loader:
         if progress.step >= max_steps or (total_batches is not None and progress.batch_in_epoch >= total_batches):
             break
         scheduler.step_update(progress.step)
         method.set_step(progress.step)
-        images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        images = images.to(device, non_blocking=True)
+        if batch_augment is not None:
+            images = batch_augment(images, indices, progress.epoch)
+        images = images.contiguous(memory_format=memory_format)
         labels = labels.to(device, non_blocking=True)
         stepper = Stepper(device, options, progress.step, guard)
         terms = method_step(method, model, images, labels, optimizer, scaler, stepper)
@@ -328,6 +335,8 @@ def train_one_epoch(
             reporter.write(f"warning: skipped batch at step {progress.step}: non-finite {', '.join(stepper.skipped)}")
         else:
             progress.add_terms(terms)
+            if ema is not None:
+                ema.update(progress.step)
         if stepper.scaler_skips is not None:
             progress.add_scaler_skips(stepper.scaler_skips)
         progress.step += 1
@@ -343,10 +352,12 @@ def train_one_epoch(
 
 
 def dry_run(model: nn.Module, method, train_loader, train_sampler, optimizer, scaler, device: torch.device,
-            options: StepOptions, is_main: bool = True) -> None:
+            options: StepOptions, is_main: bool = True, batch_augment=None) -> None:
     """One batch through the method's whole step (forwards, losses, update), and its loss terms."""
     train_sampler.set_epoch(0)
-    images, labels, _ = next(iter(train_loader))
+    images, labels, indices = next(iter(train_loader))
+    if batch_augment is not None:
+        images = batch_augment(images, indices, 0)
     model.train()
     method.set_step(0)
     terms = method_step(method, model, images.to(device), labels.to(device), optimizer, scaler,
@@ -364,15 +375,40 @@ def _finite_on_all_ranks(loss: torch.Tensor) -> bool:
     return bool(finite.item())
 
 
+TTA_MODES = ("none", "flip")
+
+
+def tta_probabilities(model: nn.Module, images: torch.Tensor, tta: str = "none",
+                      eval_logits: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Class probabilities of a batch under the method's prediction rule ``eval_logits``.
+
+    ``tta="flip"`` (``--tta flip``) averages the softmax of each face and of its mirror image,
+    p = (softmax(g(f(x))) + softmax(g(f(flip(x))))) / 2 with g the prediction rule (post-hoc logit
+    adjustment; the identity otherwise): twice the evaluation forwards. The caller sets autocast.
+    """
+    views = [images] if tta == "none" else [images, torch.flip(images, dims=[3])]
+    probs = None
+    for view in views:
+        logits = model(view).logits.float()
+        if eval_logits is not None:
+            logits = eval_logits(logits)
+        p = torch.softmax(logits, dim=1)
+        probs = p if probs is None else probs + p
+    return probs / len(views)
+
+
 @torch.no_grad()
 def predict(model: nn.Module, loader: Iterable, device: torch.device, amp: str = "off",
             channels_last: bool = False, show_progress: bool = True,
-            eval_logits: Callable[[torch.Tensor], torch.Tensor] | None = None):
+            eval_logits: Callable[[torch.Tensor], torch.Tensor] | None = None, tta: str = "none"):
     """Return (indices, targets, predictions, probabilities) over the loader, gathered over ranks.
 
     ``eval_logits`` is the method's prediction rule (post-hoc logit adjustment); the
-    probabilities are the softmax of what it returns. No attention maps are computed.
+    probabilities are the softmax of what it returns, averaged over the ``tta`` views
+    (:func:`tta_probabilities`). No attention maps are computed.
     """
+    if tta not in TTA_MODES:
+        raise ValueError(f"--tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
     model.eval()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     indices, targets, probs = [], [], []
@@ -380,11 +416,7 @@ def predict(model: nn.Module, loader: Iterable, device: torch.device, amp: str =
                                       leave=False, dynamic_ncols=True):
         images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
         with autocast(device, amp):
-            logits = model(images).logits
-        logits = logits.float()
-        if eval_logits is not None:
-            logits = eval_logits(logits)
-        probs.append(torch.softmax(logits, dim=1))
+            probs.append(tta_probabilities(model, images, tta, eval_logits))
         targets.append(labels.to(device))
         indices.append(index.to(device))
     num_classes = probs[0].shape[1] if probs else 0
@@ -397,12 +429,12 @@ def predict(model: nn.Module, loader: Iterable, device: torch.device, amp: str =
 
 def evaluate(model: nn.Module, loader: Iterable, device: torch.device, num_classes: int, amp: str = "off",
              channels_last: bool = False, show_progress: bool = True,
-             eval_logits: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:
+             eval_logits: Callable[[torch.Tensor], torch.Tensor] | None = None, tta: str = "none") -> dict:
     """Overall, mean-class and per-class accuracy, macro-F1, confusion matrix and calibration (ECE)
     over the whole set; with the annotators' votes (FERPlus) also the KL from the votes to the
     predicted distribution and the votes' negative log-likelihood (``utils/metrics.py``)."""
     indices, targets, predictions, probs = predict(model, loader, device, amp, channels_last, show_progress,
-                                                   eval_logits)
+                                                   eval_logits, tta)
     votes = vote_counts(getattr(loader, "dataset", None), num_classes)
     return evaluation_metrics(targets.tolist(), predictions.tolist(), probs.cpu().numpy(), num_classes,
                               None if votes is None else votes[indices.cpu().numpy()])
@@ -411,35 +443,47 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, num_class
 class Evaluator:
     """One evaluation of the run: the validation split (when there is one) and the test split with
     the method's prediction rule, the method's extra networks on test, model selection
-    (``best.pth``), the metrics.jsonl record, the log lines and the curves figure."""
+    (``best.pth``), the metrics.jsonl record, the log lines and the curves figure.
+
+    With ``--ema`` the averaged model is the run's model: it is evaluated first and chooses
+    ``best.pth``; the online (trained) model is evaluated beside it and recorded as ``online``.
+    ``--tta flip`` applies to every evaluation (:func:`tta_probabilities`)."""
 
     def __init__(self, model: nn.Module, method, test_loader, val_loader, classes: list[str], device: torch.device,
-                 args, logger, run, best, show_progress: bool) -> None:
+                 args, logger, run, best, show_progress: bool, ema=None) -> None:
         self.model, self.method, self.test_loader, self.val_loader = model, method, test_loader, val_loader
         self.classes, self.device, self.args, self.logger, self.run, self.best = classes, device, args, logger, run, best
-        self.show_progress = show_progress
+        self.show_progress, self.ema = show_progress, ema
         self.last: dict | None = None  # the test metrics of the last evaluation
 
     def _evaluate(self, model: nn.Module, loader, eval_logits=None, show_progress: bool = False) -> dict:
         return evaluate(model, loader, self.device, len(self.classes), self.args.amp,
-                        self.args.channels_last, show_progress=show_progress, eval_logits=eval_logits)
+                        self.args.channels_last, show_progress=show_progress, eval_logits=eval_logits,
+                        tta=getattr(self.args, "tta", "none"))
+
+    def _val_and_test(self, model: nn.Module) -> tuple[dict | None, dict]:
+        val = None if self.val_loader is None else self._evaluate(model, self.val_loader, self.method.eval_logits,
+                                                                  self.show_progress)
+        return val, self._evaluate(model, self.test_loader, self.method.eval_logits, self.show_progress)
 
     def __call__(self, progress: TrainProgress) -> dict:
         from utils.evaluation import eval_lines, eval_record
         from utils.plot import plot_curves
 
-        val = None if self.val_loader is None else self._evaluate(self.model, self.val_loader, self.method.eval_logits,
-                                                                  self.show_progress)
-        test = self._evaluate(self.model, self.test_loader, self.method.eval_logits, self.show_progress)
+        val, test = self._val_and_test(self.model if self.ema is None else self.ema.module)
+        online_val, online_test = self._val_and_test(self.model) if self.ema is not None else (None, None)
         averages = progress.averages()
         networks = {name: self._evaluate(network, self.test_loader)
                     for name, (network, _) in self.method.networks().items()}
+        if online_test is not None:
+            networks = {"online": online_test, **networks}
+        val_networks = {"online": online_val} if online_val is not None else {}
         is_best = self.best.update(progress.step, test, val)
         self.logger.write_metrics(eval_record(progress, averages, progress.lr, test, val, networks, self.classes,
-                                              self.best, progress.elapsed()))
+                                              self.best, progress.elapsed(), val_networks))
         if self.logger.enabled:
             plot_curves(self.args.output)  # OUTPUT/curves.png: loss terms and accuracies so far
-        for line in eval_lines(progress, averages, test, val, networks, self.classes):
+        for line in eval_lines(progress, averages, test, val, networks, self.classes, val_networks):
             self.logger.info(line)
         self.last = test
         if is_best:

@@ -29,7 +29,7 @@ from data.split import fingerprint
 from data.transforms import NORMALISATIONS, AugmentConfig, build_eval_transform
 from methods import method_from_config
 from models import build_model_from_config
-from utils.checkpoint import CheckpointError, check_model_fits, load_checkpoint
+from utils.checkpoint import CheckpointError, check_model_fits, inference_weights, load_checkpoint
 from utils.device import resolve_device
 from utils.logging import error_exit, worker_error_message
 from utils.metrics import evaluation_metrics
@@ -53,10 +53,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "or a data/align.py template to apply")
     p.add_argument("--output", "--out-dir", dest="output", default=None,
                    help="where to write the figure and CSV (default: next to the checkpoint; --out-dir: the old name)")
+    p.add_argument("--tta", choices=engine.TTA_MODES, default=None,
+                   help="test-time augmentation (flip: mean softmax of each face and its mirror); default: the run's")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--network", default=None,
-                   help="which network of a multi-network checkpoint: the main one (default; Face2Exp's student) "
-                        "or a saved extra one, e.g. teacher")
+                   help="which network of the checkpoint: the main one (default; Face2Exp's student; a --ema run's "
+                        "weight average), online (a --ema run's trained weights) or a saved extra one, e.g. teacher")
     return p
 
 
@@ -168,11 +170,16 @@ def selection_note(state: dict, path: Path) -> list[str]:
 def main(args: argparse.Namespace) -> dict:
     state = load_checkpoint(args.checkpoint)
     model_config, config = state["model_config"], state.get("config", {})
-    weights = state["model"]
+    # The averaged model of a --ema run (utils/ema.py) unless --network online asks for the trained one.
+    weights, which = inference_weights(state)
     networks = state.get("networks", {})
-    if args.network not in (None, "student", "model"):
+    if args.network == "online":
+        if which != "ema":
+            error_exit(f"{args.checkpoint} was trained without --ema: it holds one model, there is no 'online' one")
+        weights, which = state["model"], "model"
+    elif args.network not in (None, "student", "model"):
         if args.network not in networks:
-            have = ", ".join(["student" if networks else "model", *networks])
+            have = ", ".join(["student" if networks else "model", *(["online"] if which == "ema" else []), *networks])
             error_exit(f"{args.checkpoint} has no network {args.network!r}; it holds: {have}")
         model_config, weights = networks[args.network]["model_config"], networks[args.network]["model"]
     device = resolve_device(args.device)
@@ -212,8 +219,11 @@ def main(args: argparse.Namespace) -> dict:
     data, shared_logits, cross = shared_class_subset(data, model_classes, f"{dataset} at {data_root}")
     batch_size = args.batch_size or config.get("eval_batch_size") or 2 * config.get("batch_size", 32)
     loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=args.workers)
+    tta = args.tta or config.get("tta", "none")
+    print(f"weights: {'the weight average (--ema)' if which == 'ema' else 'the trained model'}; test-time "
+          f"augmentation: {tta}" + ("" if args.tta else " (the run's)"))
     indices, targets, predictions, probs = engine.predict(model, loader, device, amp, channels_last, not args.no_progress,
-                                                          eval_logits)
+                                                          eval_logits, tta)
     votes, metric_probs = None, probs
     if shared_logits is not None:  # argmax over the shared classes' logits (= over their softmax probabilities)
         predictions = probs[:, shared_logits].argmax(1)

@@ -33,6 +33,7 @@ import torch
 import engine
 from data import DEFAULT_ROOTS, LABEL_MODES, DatasetError
 from data.align import TEMPLATES, recorded_template
+from data.batch_augment import build_batch_augment
 from data.loaders import augment_config, build_data, check_data_args, val_origin
 from data.transforms import NORMALISATIONS
 from losses.class_prior import ClassPrior
@@ -44,6 +45,7 @@ from utils.build import build_network, build_run_optimizer, lr_scale, model_conf
 from utils.checkpoint import CheckpointError, code_version
 from utils.device import resolve_amp, resolve_device, slow_amp_warning
 from utils.distributed import barrier, cleanup_distributed, init_distributed
+from utils.ema import build_weight_average
 from utils.evaluation import BestTracker, summary_lines
 from utils.logging import RunLogger, bad_images_line, error_exit, prepare_output, worker_error_message
 from utils.run_state import RunState, StepHooks
@@ -91,8 +93,13 @@ def get_args_parser(method: str = DEFAULT_METHOD) -> argparse.ArgumentParser:
     g.add_argument("--reprob", type=float, default=0.25, help="random erasing probability")
     g.add_argument("--remode", choices=["const", "pixel"], default="const")
     g.add_argument("--re-max-area", type=float, default=0.25, help="random erasing maximum area fraction")
+    g.add_argument("--batch-augment", action="store_true",
+                   help="augment whole batches of uint8 faces on the training device (crop, rotation, flip, erasing "
+                        "in one affine resampling; data/batch_augment.py) instead of per image with PIL in the loader")
     g.add_argument("--noise-prob", type=float, default=0.0,
                    help="Gaussian pixel noise with this probability (EAC's and RUL's add_g: 0.5)")
+    g.add_argument("--rotate", type=float, default=0.0, metavar="DEG",
+                   help="random rotation in [-DEG, DEG] degrees before the crop (0 = off)")
     g.add_argument("--noise-var", type=float, default=30.0, help="its variance in 0-255 pixel units (official: 30)")
 
     g = p.add_argument_group("model")
@@ -133,6 +140,11 @@ def get_args_parser(method: str = DEFAULT_METHOD) -> argparse.ArgumentParser:
     g.add_argument("--warmup-lr", type=float, default=0.0)
     g.add_argument("--min-lr", type=float, default=0.0, help="cosine floor")
     g.add_argument("--clip-grad", type=float, default=None, help="gradient norm clipping")
+    g.add_argument("--ema", type=float, default=None, metavar="DECAY",
+                   help="keep an exponential moving average of the weights with this decay (e.g. 0.999); it is "
+                        "evaluated first and chooses best.pth, the online model is logged beside it (utils/ema.py)")
+    g.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction, default=True,
+                   help="ramp the EMA decay up as min(DECAY, 1 - (1 + step)^-0.75) (timm's warm-up)")
 
     g = p.add_argument_group("speed and scale")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto = CUDA when present")
@@ -146,6 +158,9 @@ def get_args_parser(method: str = DEFAULT_METHOD) -> argparse.ArgumentParser:
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes")
     g.add_argument("--eval-batch-size", type=int, default=None, help="default: 2x --batch-size")
+    g.add_argument("--tta", choices=engine.TTA_MODES, default="none",
+                   help="test-time augmentation at every evaluation: flip averages the softmax of each face and "
+                        "its mirror (twice the evaluation forwards)")
 
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0)
@@ -176,8 +191,12 @@ def check_args(args: argparse.Namespace) -> None:
             error_exit(f"--{flag.replace('_', '-')} must be positive")
     if args.steps is not None and args.steps <= 0:
         error_exit("--steps must be positive")
+    if args.ema is not None and not 0 < args.ema < 1:
+        error_exit(f"--ema is a decay in (0, 1), e.g. 0.999; got {args.ema}")
     if not 0 <= args.noise_prob <= 1:
         error_exit(f"--noise-prob must be in [0, 1], got {args.noise_prob}")
+    if not 0 <= args.rotate <= 180:
+        error_exit(f"--rotate must be in [0, 180] degrees, got {args.rotate}")
     if args.noise_var < 0:
         error_exit(f"--noise-var must be >= 0, got {args.noise_var}")
     check_data_args(args)  # DatasetError, reported by cli()
@@ -239,6 +258,7 @@ def main(args: argparse.Namespace) -> None:
     # Data, model, method, optimiser.
     data = build_data(args, dist_info)
     train_set, test_set, val_set, train_sampler, train_loader, test_loader, val_loader = data
+    batch_augment = build_batch_augment(args, train_set)
     classes, counts = train_set.classes, train_set.class_counts()
     empty = [c for c, n in zip(classes, counts) if n == 0]
     if empty:
@@ -257,6 +277,7 @@ def main(args: argparse.Namespace) -> None:
         args, args.backbone, head, len(classes), device, dist_info,
         init_checkpoint=args.init_checkpoint if args.init_checkpoint and not args.resume else None)
     method = build_method(args.method, args, prior, TrainSchedule(steps_per_epoch, total_steps)).to(device)
+    ema = build_weight_average(args.ema, model_without_ddp, args.ema_warmup)
     optimizer, scheduler = build_run_optimizer(
         args, model_without_ddp, args.lr, train_steps, steps_per_epoch,
         param_groups=method.param_groups(model_without_ddp, args.lr * lr_scale(args), args.weight_decay))
@@ -268,10 +289,15 @@ def main(args: argparse.Namespace) -> None:
                                  skip_nonfinite=args.skip_nonfinite)
     summary = run_summary(args, train_set, test_set, val_set, prior, method, model_without_ddp, head, device,
                           dist_info, total_steps, steps_per_epoch, amp_reason)
+    summary += [ema.describe()] if ema is not None else []
+    summary += [f"augmentation on the device, per batch (--batch-augment): {batch_augment!r}"] if batch_augment else []
+    summary += ["test-time augmentation (--tta flip): every evaluation averages the softmax of a face and its mirror"
+                ] if args.tta == "flip" else []
     if args.dry_run:
         if dist_info.is_main:
             print("\n".join(summary), flush=True)
-        engine.dry_run(model, method, train_loader, train_sampler, optimizer, scaler, device, options, dist_info.is_main)
+        engine.dry_run(model, method, train_loader, train_sampler, optimizer, scaler, device, options, dist_info.is_main,
+                       batch_augment)
         cleanup_distributed()
         return
 
@@ -282,7 +308,7 @@ def main(args: argparse.Namespace) -> None:
               "steps_per_epoch": steps_per_epoch}
     best = BestTracker("val" if val_set is not None else "test")
     run = RunState(args, model_without_ddp, method, optimizer, scaler, config,
-                   model_config(args, args.backbone, head, classes), dist_info, best)
+                   model_config(args, args.backbone, head, classes), dist_info, best, ema)
     progress = engine.TrainProgress()
     if args.resume:
         progress = run.resume(args.resume, engine.TrainProgress)
@@ -297,7 +323,8 @@ def main(args: argparse.Namespace) -> None:
     # The epoch loop: train one epoch, evaluate, save last.pth (best.pth when chosen), honour a stop.
     progress.start_clock()
     show = not args.no_progress and dist_info.is_main
-    evaluate = engine.Evaluator(model, method, test_loader, val_loader, classes, device, args, logger, run, best, show)
+    evaluate = engine.Evaluator(model, method, test_loader, val_loader, classes, device, args, logger, run, best, show,
+                                ema)
     if board is not None:
         evaluate = board.wrap_evaluator(evaluate)  # also draws the test confusion matrix
     stop = GracefulStop(device, distributed=dist_info.enabled)
@@ -310,7 +337,8 @@ def main(args: argparse.Namespace) -> None:
                 engine.train_one_epoch(model, method, train_loader, optimizer, scheduler, scaler, device, options,
                                        progress, total_steps, hooks if board is None else board.chain(hooks),
                                        show_progress=show,
-                                       total_batches=steps_per_epoch, log_interval=args.log_interval)
+                                       total_batches=steps_per_epoch, log_interval=args.log_interval, ema=ema,
+                                       batch_augment=batch_augment)
                 metrics = evaluate(progress) if not args.eval_interval or progress.step >= total_steps else None
                 run.save("last.pth", progress, metrics)
                 hooks.end_of_epoch(progress)

@@ -120,7 +120,9 @@ class ImageListDataset(Dataset):
         index, seed = key if isinstance(key, tuple) else (key, None)
         image, used = self._decode_or_substitute(index)
         if self.transform is not None:
-            image = _seeded(self.transform, image, seed)
+            # A transform with no randomness (--batch-augment's uint8 conversion) skips the seeding.
+            random_transform = getattr(self.transform, "random", True)
+            image = _seeded(self.transform, image, seed if random_transform else None)
         return image, self.samples[used].label, used
 
 

@@ -41,7 +41,7 @@ def augment_config(args: argparse.Namespace) -> AugmentConfig:
         img_size=args.img_size, mean=mean, std=std, scale=(args.scale_min, 1.0), hflip=args.hflip,
         color_jitter=args.color_jitter, auto_augment=args.auto_augment, interpolation=args.interpolation,
         reprob=args.reprob, remode=args.remode, re_max_area=args.re_max_area,
-        noise_prob=args.noise_prob, noise_var=args.noise_var,
+        noise_prob=args.noise_prob, noise_var=args.noise_var, rotate=getattr(args, "rotate", 0.0),
     )
 
 

@@ -68,6 +68,7 @@ class AugmentConfig:
     re_max_area: float = 0.25  # EAC/RUL use scale (0.02, 0.25)
     noise_prob: float = 0.0  # Gaussian pixel noise on the decoded image (EAC's/RUL's add_g), probability
     noise_var: float = 30.0  # its variance in 0-255 pixel units (official: 30)
+    rotate: float = 0.0  # random rotation in [-rotate, rotate] degrees about the centre (0 = off)
 
 
 class GaussianPixelNoise:
@@ -91,7 +92,8 @@ class GaussianPixelNoise:
 
 
 def build_train_transform(cfg: AugmentConfig):
-    """Random resized crop, flip, optional RandAugment/colour jitter, normalise, random erasing."""
+    """Optional rotation, random resized crop, flip, optional RandAugment/colour jitter, normalise,
+    random erasing."""
     base = create_transform(
         input_size=cfg.img_size,
         is_training=True,
@@ -106,6 +108,9 @@ def build_train_transform(cfg: AugmentConfig):
         re_prob=0.0,  # added below so its area range can be set
     )
     steps = list(base.transforms)
+    if cfg.rotate > 0:  # on the decoded face, before the crop and resize
+        interpolation = T.InterpolationMode.BICUBIC if cfg.interpolation == "bicubic" else T.InterpolationMode.BILINEAR
+        steps.insert(0, T.RandomRotation(cfg.rotate, interpolation=interpolation))
     if cfg.noise_prob > 0:
         steps.insert(0, GaussianPixelNoise(cfg.noise_prob, cfg.noise_var))
     if cfg.reprob > 0:

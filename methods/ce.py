@@ -3,6 +3,8 @@ Effective Number of Samples", CVPR 2019) and optionally with MEK's attention ter
 
     CE(z, y) = -log softmax(z)_y                      (batch mean)
     CB-CE(z, y) = -a_y log softmax(z)_y,  a_k = (1 - beta) / (1 - beta^n_k), sum_k a_k = K
+    label smoothing (Szegedy et al., CVPR 2016): the target is (1 - eps) one-hot(y) + eps / K
+    (``--label-smoothing``; on vote distributions q: (1 - eps) q + eps / K)
 
 ``--method ce`` gives the same numbers as ``--method mek --rsl-eps 0 --rac-weight 0``.
 
@@ -38,13 +40,19 @@ class CrossEntropy(LogitLossMethod):
     @classmethod
     def add_args(cls, group: argparse._ArgumentGroup) -> None:
         add_class_balanced_arg(group)
+        group.add_argument("--label-smoothing", type=float, default=0.0,
+                           help="mix the targets with the uniform distribution: (1 - eps) y + eps / K (0 = off)")
         cls.add_attention_args(group)
 
     @classmethod
     def check_args(cls, args: argparse.Namespace) -> None:
         super().check_args(args)
         in_range(args, "--cb-beta", 0.0, 1.0, high_open=True)
+        in_range(args, "--label-smoothing", 0.0, 1.0, high_open=True)
         labels = getattr(args, "ferplus_labels", "majority")
+        if args.label_smoothing and labels == "multi-target":
+            raise MethodArgumentError("--label-smoothing mixes targets with the uniform distribution; multi-target's "
+                                      "loss takes a max over accepted emotions instead: use --ferplus-labels soft")
         if args.cb_beta is not None and labels in ("soft", "multi-target"):
             raise MethodArgumentError(f"--cb-beta weights samples by their class, and --ferplus-labels {labels} gives "
                                       "distributions, not classes; use one of them")
@@ -52,6 +60,7 @@ class CrossEntropy(LogitLossMethod):
     def __init__(self, args: argparse.Namespace, prior: ClassPrior, schedule: TrainSchedule) -> None:
         super().__init__(args, prior, schedule)
         self.cb_beta = args.cb_beta
+        self.label_smoothing = args.label_smoothing
         self.target_mode = getattr(args, "ferplus_labels", "majority")
         self.register_buffer("sample_class_weights",
                              None if args.cb_beta is None else prior.effective_number_weights(args.cb_beta))
@@ -60,11 +69,13 @@ class CrossEntropy(LogitLossMethod):
         if labels.is_floating_point():  # (B, K) target distributions
             if self.target_mode == "multi-target":
                 return {"ce": multi_target_loss(logits, labels)}
-            return {"ce": soft_target_cross_entropy(logits, labels)}
+            eps = self.label_smoothing
+            return {"ce": soft_target_cross_entropy(logits, (1 - eps) * labels + eps / labels.shape[1])}
         if self.sample_class_weights is None:
-            return {"ce": F.cross_entropy(logits, labels)}
-        per_sample = F.cross_entropy(logits, labels, reduction="none")
+            return {"ce": F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)}
+        per_sample = F.cross_entropy(logits, labels, reduction="none", label_smoothing=self.label_smoothing)
         return {"ce": (per_sample * self.sample_class_weights[labels]).mean()}
 
     def settings(self) -> dict:
-        return {**({"cb_beta": self.cb_beta} if self.cb_beta is not None else {}), **super().settings()}
+        return {**({"cb_beta": self.cb_beta} if self.cb_beta is not None else {}),
+                **({"label_smoothing": self.label_smoothing} if self.label_smoothing else {}), **super().settings()}

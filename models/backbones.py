@@ -39,6 +39,66 @@ def resnet50(img_size: int = 224, **kwargs) -> nn.Module:
     return _timm_feature_model("resnet50", **kwargs)
 
 
+def small_image_resnet18(stem_stride: int, base_width: int = 64, **kwargs) -> nn.Module:
+    """ResNet-18 for 48-64 px faces: a 3x3 stem convolution of stride ``stem_stride`` and no max-pool.
+
+    ImageNet's stem (7x7 stride 2, then a stride-2 max-pool) divides a 48 px face by 4 before the first
+    block and leaves a 2x2 final map, too coarse for class activation maps. The CIFAR ResNets (He et
+    al. 2016, section 4.2; Kuang Liu's pytorch-cifar ResNet18) keep the resolution with a 3x3 stride-1
+    stem and no max-pool. ``stem_stride`` 1 is that network (final map = input / 8); 2 halves the stem's
+    output (input / 16) for a quarter of the cost. ``base_width`` scales every stage (64 = ResNet-18's
+    64-128-256-512; 32 = 32-64-128-256, a quarter of the multiply-adds and parameters).
+
+    Measured (``torch.utils.flop_counter``, one image, backbone only; tests/test_models.py checks
+    the maps and parameter counts):
+
+    ========================  =====  =========  ===========  ==========
+    name                      input  final map  multiply-adds  parameters
+    ========================  =====  =========  ===========  ==========
+    ``resnet18`` (ImageNet)   48     512x2x2    0.098 G      11.18 M
+    ``resnet18_s1``           48     512x6x6    1.250 G      11.17 M
+    ``resnet18_s2``           64     512x4x4    0.555 G      11.17 M
+    ``resnet18_s1_w32``       48     256x6x6    0.341 G       2.80 M
+    ``resnet18_s2_w32``       64     256x4x4    0.152 G       2.80 M
+    ========================  =====  =========  ===========  ==========
+    """
+    from timm.models.resnet import BasicBlock, ResNet
+
+    widths = tuple(base_width * 2**i for i in range(4))
+    model = ResNet(BasicBlock, [2, 2, 2, 2], num_classes=0, global_pool="", channels=widths, **kwargs)
+    model.conv1 = nn.Conv2d(3, base_width, kernel_size=3, stride=stem_stride, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    if base_width != 64:  # timm's plain stem always has 64 channels: the stem and layer1's first block at base_width
+        model.bn1 = nn.BatchNorm2d(base_width)
+        model.layer1[0] = BasicBlock(base_width, base_width)
+    model.init_weights(zero_init_last=True)  # timm's initialisation, the replaced modules included
+    return model
+
+
+@register_backbone("resnet18_s1")
+def resnet18_s1(img_size: int = 48, **kwargs) -> nn.Module:
+    """ResNet-18 with a 3x3 stride-1 stem and no max-pool (the CIFAR layout): final map = input / 8."""
+    return small_image_resnet18(stem_stride=1, **kwargs)
+
+
+@register_backbone("resnet18_s2")
+def resnet18_s2(img_size: int = 64, **kwargs) -> nn.Module:
+    """ResNet-18 with a 3x3 stride-2 stem and no max-pool: final map = input / 16 (4x4 at 64 px)."""
+    return small_image_resnet18(stem_stride=2, **kwargs)
+
+
+@register_backbone("resnet18_s1_w32")
+def resnet18_s1_w32(img_size: int = 48, **kwargs) -> nn.Module:
+    """``resnet18_s1`` at half width (32-64-128-256 channels)."""
+    return small_image_resnet18(stem_stride=1, base_width=32, **kwargs)
+
+
+@register_backbone("resnet18_s2_w32")
+def resnet18_s2_w32(img_size: int = 64, **kwargs) -> nn.Module:
+    """``resnet18_s2`` at half width (32-64-128-256 channels): final map 4x4 at 64 px."""
+    return small_image_resnet18(stem_stride=2, base_width=32, **kwargs)
+
+
 @register_backbone("swin_t")
 def swin_t(img_size: int = 112, **kwargs) -> nn.Module:
     # MEK's Swin-T: patch size 2 so a 112 input still ends in a 7x7 grid with window 7.

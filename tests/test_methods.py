@@ -90,6 +90,13 @@ def test_mek_gives_rac_its_own_class_weights():
     assert method.training_step(MapsModel(GAIN), x, labels)["rac"].item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_mek_gives_rsl_its_own_class_weights():
+    # w = N/(10 n_k) = [40/300, 40/100]; RSL's power 0.5, RAC's the default 1.
+    method = methods.make_method("mek", [30, 10], rsl_class_weight_power=0.5)
+    assert torch.allclose(method.rsl.class_weights, torch.tensor([(40 / 300) ** 0.5, 0.4**0.5]))
+    assert torch.allclose(method.attention_class_weights, torch.tensor([40 / 300, 0.4]))
+
+
 def test_mek_deferred_start_and_ramp():
     method = methods.make_method("mek", [3, 1, 2], mek_start_step=10, mek_ramp_steps=4)
     method.set_step(5)
@@ -139,6 +146,23 @@ def test_ce_and_class_balanced_ce():
     assert cb["loss"].item() == pytest.approx((w[0] * nll[0] + w[1] * nll[1]) / 2, rel=1e-6)
 
 
+
+def test_label_smoothing_mixes_the_target_with_the_uniform_distribution():
+    # eps 0.2, K = 2: targets (0.9, 0.1) and (0.1, 0.9); log-softmax of [2, 0] is [-0.126928, -2.126928],
+    # of [0.5, 1.5] is [-1.313262, -0.313262].
+    logits, labels = torch.tensor([[2.0, 0.0], [0.5, 1.5]]), torch.tensor([0, 1])
+    x = logits[:, :, None, None]
+    log_p = [[-math.log1p(math.exp(-2)), -2 - math.log1p(math.exp(-2))],
+             [-1 - math.log1p(math.exp(-1)), -math.log1p(math.exp(-1))]]
+    expected = -(0.9 * log_p[0][0] + 0.1 * log_p[0][1] + 0.1 * log_p[1][0] + 0.9 * log_p[1][1]) / 2
+    smoothed = methods.make_method("ce", [3, 1], label_smoothing=0.2).training_step(MapsModel(), x, labels)
+    assert smoothed["loss"].item() == pytest.approx(expected, rel=1e-6)
+    # On vote distributions (--ferplus-labels soft): (1 - eps) q + eps / K, here q = (0.5, 0.5) and (0, 1).
+    votes = torch.tensor([[0.5, 0.5], [0.0, 1.0]])
+    soft = methods.make_method("ce", [3, 1], label_smoothing=0.2).training_step(MapsModel(), x, votes)
+    expected_soft = -(0.5 * log_p[0][0] + 0.5 * log_p[0][1] + 0.1 * log_p[1][0] + 0.9 * log_p[1][1]) / 2
+    assert soft["loss"].item() == pytest.approx(expected_soft, rel=1e-6)
+
 def test_focal_loss_hand_computed_and_gamma_zero_is_ce():
     logits, labels = torch.tensor([[2.0, 0.0], [0.5, 1.5]]), torch.tensor([0, 1])
     x = logits[:, :, None, None]
@@ -178,7 +202,12 @@ def test_ldam_margins_scale_and_deferred_reweighting():
     method.set_step(0)
     assert method.training_step(MapsModel(), x, labels)["ldam"].item() == pytest.approx(
         F.cross_entropy(shifted, labels).item(), rel=1e-6)
+    method.set_step(79)  # the last step of epoch 7 (steps 70..79): still unweighted
+    assert not method.reweight
+    assert method.training_step(MapsModel(), x, labels)["ldam"].item() == pytest.approx(
+        F.cross_entropy(shifted, labels).item(), rel=1e-6)
     method.set_step(80)  # epoch 8: class-balanced weights, torch's weighted mean
+    assert method.reweight
     w = methods.make_method("ldam", [16, 1]).drw_weights
     nll = F.cross_entropy(shifted, labels, reduction="none")
     assert method.training_step(MapsModel(), x, labels)["ldam"].item() == pytest.approx(
@@ -203,6 +232,11 @@ def test_balanced_softmax_and_logit_adjustment():
     assert torch.allclose(posthoc.eval_logits(logits), logits - log_prior)
     # The post-hoc rule changes a prediction: [0.8, 0] -> 0.8 + 0.29 vs 0 + 1.39: the minor class.
     assert posthoc.eval_logits(torch.tensor([[0.8, 0.0]])).argmax().item() == 1
+    # tau 0.5 halves the correction: [0.8 + 0.144, 0 + 0.693], and the major class stays predicted.
+    half = methods.make_method("logit-adjust", counts, la_mode="posthoc", la_tau=0.5)
+    assert torch.allclose(half.eval_logits(torch.tensor([[0.8, 0.0]])),
+                          torch.tensor([[0.8 - 0.5 * math.log(3 / 4), -0.5 * math.log(1 / 4)]]))
+    assert half.eval_logits(torch.tensor([[0.8, 0.0]])).argmax().item() == 0
 
 
 def test_long_tail_losses_add_mek_attention_term():
@@ -232,6 +266,7 @@ def train_cli(*args: str) -> subprocess.CompletedProcess:
     (["--method", "eac", "--rsl-eps=0.1"], "--rsl-eps belongs to --method mek, not to --method eac"),
     (["--method", "focal", "--focal-gamma", "-1"], "--focal-gamma must be >= 0, got -1.0"),
     (["--method", "ce", "--cb-beta", "1"], "--cb-beta must be in [0, 1), got 1.0"),
+    (["--method", "ce", "--label-smoothing", "1"], "--label-smoothing must be in [0, 1), got 1.0"),
     (["--method", "logit-adjust", "--la-tau", "50"], "--la-tau must be in [0, 10], got 50.0"),
     (["--method", "eac", "--eac-lambda", "-5"], "--eac-lambda must be >= 0, got -5.0"),
     (["--method", "mek", "--rac-weight", "-1"], "--rac-weight must be >= 0, got -1.0"),

@@ -30,3 +30,27 @@ def test_any_timm_feature_map_model_and_unknown_name():
     assert model(torch.randn(1, 3, 64, 64), with_maps=True).attention_maps.shape[:2] == (1, 7)
     with pytest.raises(ValueError, match="neither a registered backbone"):
         build_model("no_such_backbone", num_classes=7, img_size=64)
+
+
+@pytest.mark.parametrize("backbone,img_size,grid,channels,parameters", [
+    # The stem's stride and the three strided stages: 48 / 8 = 6, 64 / 16 = 4 (models/backbones.py).
+    ("resnet18_s1", 48, 6, 512, 11_168_832),
+    ("resnet18_s2", 64, 4, 512, 11_168_832),
+    ("resnet18_s1_w32", 48, 6, 256, 2_795_040),
+    ("resnet18_s2_w32", 64, 4, 256, 2_795_040),
+])
+def test_small_image_resnets_keep_a_cam_sized_map(backbone, img_size, grid, channels, parameters):
+    torch.manual_seed(0)
+    model = build_model(backbone, num_classes=8, img_size=img_size).eval()
+    assert model.backbone.num_features == channels
+    # Full width: ResNet-18's 11,176,512 backbone parameters less the 7x7 stem's 3*64*(49-9) = 7,680
+    # (convolutions 11,159,232, BatchNorm 9,600). Half width: the convolutions after the stem have half
+    # the inputs and outputs, a quarter of (11,159,232 - 1,728) = 2,789,376, the stem 3*32*9 = 864, and
+    # BatchNorm half the channels, 4,800: 2,795,040.
+    assert sum(p.numel() for p in model.backbone.parameters()) == parameters
+    assert isinstance(model.backbone.maxpool, torch.nn.Identity)
+    assert model.backbone.conv1.kernel_size == (3, 3)
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, img_size, img_size), with_maps=True)
+    assert out.attention_maps.shape == (2, 8, grid, grid)
+    assert torch.allclose(out.attention_maps.mean(dim=(2, 3)) + model.head.bias, out.logits, atol=1e-4)

@@ -67,9 +67,12 @@ class BestTracker:
 
 
 def eval_record(progress, averages: dict, lr: float, test: dict, val: dict | None, networks: dict[str, dict],
-                classes: list[str], best: BestTracker, elapsed: float) -> dict[str, Any]:
+                classes: list[str], best: BestTracker, elapsed: float,
+                val_networks: dict[str, dict] | None = None) -> dict[str, Any]:
     """One metrics.jsonl record. The unprefixed accuracy keys are the test split's, as before the
-    validation split existed; ``val_*`` the validation split's; ``best`` the chosen evaluation."""
+    validation split existed; ``val_*`` the validation split's; ``best`` the chosen evaluation.
+    ``networks`` are other networks' test metrics (``NAME_*``: Face2Exp's teacher, ``--ema``'s
+    online model) and ``val_networks`` their validation metrics (``val_NAME_*``)."""
     record = {"epoch": progress.epoch, "step": progress.step, "loss": averages.get("loss", float("nan")),
               **{f"loss_{k}": v for k, v in averages.items() if k != "loss"},
               "lr": lr, "skipped_nonfinite": progress.skipped_nonfinite,
@@ -79,13 +82,15 @@ def eval_record(progress, averages: dict, lr: float, test: dict, val: dict | Non
               "classes": classes, "time": round(elapsed, 1), "selected_on": best.selected_on}
     if val is not None:
         record.update({f"val_{k}": v for k, v in _metric_items(val).items()})
+    for name, metrics in (val_networks or {}).items():
+        record.update({f"val_{name}_{k}": v for k, v in _metric_items(metrics).items()})
     if best.summary() is not None:
         record["best"] = best.summary()
     return record
 
 
 def eval_lines(progress, averages: dict, test: dict, val: dict | None, networks: dict[str, dict],
-               classes: list[str]) -> list[str]:
+               classes: list[str], val_networks: dict[str, dict] | None = None) -> list[str]:
     """The log lines of one evaluation."""
     terms = " ".join(f"{k} {v:.4f}" for k, v in averages.items())
     head = f"epoch {progress.epoch} step {progress.step} | {terms} | "
@@ -93,6 +98,7 @@ def eval_lines(progress, averages: dict, test: dict, val: dict | None, networks:
         lines = [head + format_eval(test, classes)]
     else:
         lines = [head + "val " + format_eval(val, classes), "  test: " + format_eval(test, classes)]
+    lines += [f"  {name} val: {format_eval(m, classes)}" for name, m in (val_networks or {}).items()]
     return lines + [f"  {name}: {format_eval(m, classes)}" for name, m in networks.items()]
 
 

@@ -28,7 +28,7 @@ import torch
 from PIL import Image, ImageOps
 from torch import nn
 
-from utils.checkpoint import CheckpointError, check_model_fits, load_checkpoint
+from utils.checkpoint import CheckpointError, check_model_fits, inference_weights, load_checkpoint
 
 FACE_MARGIN = 0.2  # fraction of the detected box's side added on each side
 MIN_FACE = 24  # pixels: the Haar cascade's window; smaller faces are not detected
@@ -90,8 +90,9 @@ def load_predictor(path: str | Path, device: str = "cpu") -> Predictor:
     if norm not in NORMALISATIONS:
         raise CheckpointError(f"{path}: unknown normalisation {norm!r} (known: {', '.join(sorted(NORMALISATIONS))})")
     model = build_model_from_config(config)
-    check_model_fits(state["model"], model, path, config)
-    model.load_state_dict(state["model"])
+    weights, _ = inference_weights(state)  # the weight average of a --ema run, else the trained model
+    check_model_fits(weights, model, path, config)
+    model.load_state_dict(weights)
     try:
         dev = resolve_device(device)
     except DeviceError as exc:

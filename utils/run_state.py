@@ -3,7 +3,8 @@
 A checkpoint holds the model (``model``, ``model_config``), the method's state (``extra``: its
 ``state_dict``; ``networks``: the weights and configs of its extra networks, e.g. Face2Exp's
 teacher, which ``test.py --network`` evaluates), the main optimiser, the fp16 scaler, progress,
-the model selection so far (``best``), every rank's RNG state, and the run's config.
+the model selection so far (``best``), every rank's RNG state, the run's config, and with
+``--ema`` the averaged weights (``ema``; ``utils/ema.py``), which the tools evaluate when present.
 """
 from __future__ import annotations
 
@@ -19,16 +20,18 @@ from utils.checkpoint import (CheckpointError, capture_rng_state, check_model_fi
 from utils.optim import load_optimizer_state
 from utils.stop import StopRequested
 
-RESUME_KEYS = ("method", "batch_size", "world_size", "dataset", "seed", "val_fraction", "val_split", "labelled_fraction")
+RESUME_KEYS = ("method", "batch_size", "world_size", "dataset", "seed", "val_fraction", "val_split", "labelled_fraction",
+               "ema")
 
 
 class RunState:
     """The objects a checkpoint is made of, and their writing and restoring."""
 
     def __init__(self, args: argparse.Namespace, model: nn.Module, method, optimizer, scaler, config: dict,
-                 model_config: dict, dist_info, best) -> None:
+                 model_config: dict, dist_info, best, ema=None) -> None:
         self.args, self.model, self.method, self.optimizer, self.scaler = args, model, method, optimizer, scaler
         self.config, self.model_config, self.dist_info, self.best = config, model_config, dist_info, best
+        self.ema = ema
         self.output = Path(args.output)
 
     def state(self, progress, metrics: dict | None = None) -> dict:
@@ -41,6 +44,8 @@ class RunState:
         method_state = self.method.state_dict()
         if method_state:
             extra["extra"] = method_state
+        if self.ema is not None:
+            extra["ema"] = self.ema.state_dict()
         return {
             **extra,
             "model": self.model.state_dict(), "model_config": self.model_config, "config": self.config,
@@ -68,6 +73,12 @@ class RunState:
         state = load_checkpoint(path)
         check_resumable(state, self.model, self.args, path)
         self.model.load_state_dict(state["model"])
+        if (self.ema is None) != ("ema" not in state):
+            raise CheckpointError(f"{path} was trained {'with' if 'ema' in state else 'without'} --ema, this run "
+                                  f"{'has' if self.ema is not None else 'has no'} --ema; an exact resume needs the same")
+        if self.ema is not None:
+            check_model_fits(state["ema"], self.ema.module, path, state.get("model_config"))
+            self.ema.load_state_dict(state["ema"])
         load_optimizer_state(self.optimizer, state["optimizer"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
