@@ -43,7 +43,7 @@ from methods.base import RunContext
 from models import HEADS, count_parameters
 from utils.build import build_network, build_run_optimizer, lr_scale, model_config
 from utils.checkpoint import CheckpointError, code_version
-from utils.device import resolve_amp, resolve_device, slow_amp_warning
+from utils.device import configure_backends, resolve_amp, resolve_device, slow_amp_warning
 from utils.distributed import barrier, cleanup_distributed, init_distributed
 from utils.ema import build_weight_average
 from utils.evaluation import BestTracker, summary_lines
@@ -156,6 +156,9 @@ def get_args_parser(method: str = DEFAULT_METHOD) -> argparse.ArgumentParser:
                    help="image and mirror (attention terms) in one forward pass or two; auto: one pass where it is "
                         "exact (no BatchNorm), two otherwise (the paper's procedure)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--deterministic", action="store_true",
+                   help="CUDA: deterministic algorithms, no cuDNN autotuning, for exact reruns (slower); "
+                        "by default cudnn.benchmark, and TF32 with --amp off (utils/device.py configure_backends)")
     g.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes")
     g.add_argument("--eval-batch-size", type=int, default=None, help="default: 2x --batch-size")
     g.add_argument("--tta", choices=engine.TTA_MODES, default="none",
@@ -254,6 +257,7 @@ def run_summary(args, train_set, test_set, val_set, prior, method, model, head, 
 
 def main(args: argparse.Namespace) -> None:
     dist_info, device, amp_reason = setup_run(args)
+    backends = configure_backends(device, args.amp, args.deterministic)  # before any CUDA kernel runs
 
     # Data, model, method, optimiser.
     data = build_data(args, dist_info)
@@ -288,7 +292,7 @@ def main(args: argparse.Namespace) -> None:
     options = engine.StepOptions(amp=args.amp, channels_last=args.channels_last, clip_grad=args.clip_grad,
                                  skip_nonfinite=args.skip_nonfinite)
     summary = run_summary(args, train_set, test_set, val_set, prior, method, model_without_ddp, head, device,
-                          dist_info, total_steps, steps_per_epoch, amp_reason)
+                          dist_info, total_steps, steps_per_epoch, amp_reason) + backends
     summary += [ema.describe()] if ema is not None else []
     summary += [f"augmentation on the device, per batch (--batch-augment): {batch_augment!r}"] if batch_augment else []
     summary += ["test-time augmentation (--tta flip): every evaluation averages the softmax of a face and its mirror"

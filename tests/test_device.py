@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -125,3 +126,44 @@ def test_choose_amp_cli_prints_one_word(tmp_path):
                          env={"XDG_CACHE_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert run.returncode == 0, run.stderr
     assert run.stdout == "off\n" and "requested" in run.stderr
+
+
+@pytest.fixture
+def restored_backends():
+    saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, torch.backends.cuda.matmul.allow_tf32,
+             torch.backends.cudnn.allow_tf32, torch.are_deterministic_algorithms_enabled())
+    yield
+    (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, torch.backends.cuda.matmul.allow_tf32,
+     torch.backends.cudnn.allow_tf32) = saved[:4]
+    torch.use_deterministic_algorithms(saved[4])
+
+
+CUDA = torch.device("cuda", 0)  # only the device's type is read: no GPU needed
+
+
+def test_cuda_runs_autotune_cudnn_and_use_tf32_in_fp32(restored_backends):
+    torch.backends.cudnn.benchmark = torch.backends.cuda.matmul.allow_tf32 = False
+    lines = device_utils.configure_backends(CUDA, "off")
+    assert torch.backends.cudnn.benchmark and torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert lines == ["CUDA backends: cuDNN autotuning (cudnn.benchmark), TF32 matmuls and convolutions (--amp off)"]
+
+
+def test_tf32_is_left_alone_under_autocast(restored_backends):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    assert device_utils.configure_backends(CUDA, "bf16") == ["CUDA backends: cuDNN autotuning (cudnn.benchmark), bf16 autocast"]
+    assert torch.backends.cudnn.benchmark and not torch.backends.cuda.matmul.allow_tf32
+
+
+def test_deterministic_mode_is_opt_in(restored_backends, monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    lines = device_utils.configure_backends(CUDA, "fp16", deterministic=True)
+    assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+    assert not torch.backends.cudnn.benchmark and os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert "deterministic algorithms" in lines[0]
+
+
+def test_a_cpu_run_changes_no_backend_setting(restored_backends):
+    torch.backends.cudnn.benchmark = False
+    assert device_utils.configure_backends(CPU, "off") == []
+    assert not torch.backends.cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()

@@ -73,6 +73,19 @@ def test_refuses_to_clobber_a_finished_run(trained_run, demo_root, capsys):
     assert "already holds a run" in capsys.readouterr().err
 
 
+def test_the_backend_settings_are_applied_before_the_model_and_logged(demo_root, tmp_path, capsys, monkeypatch):
+    # utils/device.py configure_backends (tests/test_device.py): its lines open the log.
+    calls = []
+
+    def configure(device, amp, deterministic):
+        calls.append((device.type, deterministic))
+        return ["CUDA backends: as configured"]
+
+    monkeypatch.setattr(train, "configure_backends", configure)
+    run_train(demo_root, tmp_path / "dry", "--dry-run", "--deterministic")
+    assert calls == [("cpu", True)] and "CUDA backends: as configured" in capsys.readouterr().out
+
+
 def test_dry_run_prints_counts_and_weights(demo_root, tmp_path, capsys):
     run_train(demo_root, tmp_path / "dry", "--dry-run")
     out = capsys.readouterr().out

@@ -231,6 +231,36 @@ def resolve_amp(requested: str, device: torch.device | str, probe: Callable[[], 
                  f"{'bf16' if amp == 'bf16' else 'fp32'} (bf16 needs >= {BF16_MIN_SPEEDUP:.2f}x)")
 
 
+def configure_backends(device: torch.device, amp: str, deterministic: bool = False) -> list[str]:
+    """CUDA's backend settings for this run, and the log line saying which.
+
+    On CUDA: cuDNN autotuning (``cudnn.benchmark``: the fastest convolution algorithm for each
+    input shape, timed on first use; the shapes of a training run are fixed) and, with ``--amp
+    off``, TF32 for fp32 matmuls and convolutions (Ampere and later; 10 mantissa bits instead of
+    23, as the cuDNN default already does for convolutions). ``deterministic``
+    (``--deterministic``): the same numbers on every rerun on the same machine instead:
+    deterministic algorithms only (an error names an operation that has none), no autotuning,
+    cuBLAS with a fixed workspace. A CPU run needs none of it: its kernels are deterministic
+    already (the bit-exact resume tests run there).
+    """
+    if device.type != "cuda":
+        return ["--deterministic: a CPU run is deterministic already"] if deterministic else []
+    if deterministic:
+        # cuBLAS reads this when its handle is created, i.e. at the first matmul, after this.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = not deterministic
+    tf32 = amp == "off"
+    if tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    parts = ["deterministic algorithms, no cuDNN autotuning (--deterministic)" if deterministic
+             else "cuDNN autotuning (cudnn.benchmark)",
+             "TF32 matmuls and convolutions (--amp off)" if tf32 else f"{amp} autocast"]
+    return ["CUDA backends: " + ", ".join(parts)]
+
+
 def slow_amp_warning(device: torch.device, amp: str) -> str | None:
     """A warning for a precision choice that makes training slower than fp32, else None."""
     if device.type == "cpu" and amp == "bf16" and not cpu_has_native_bf16():
