@@ -69,7 +69,9 @@ def get_args_parser(method: str = DEFAULT_METHOD) -> argparse.ArgumentParser:
                    help="the face framing of the training images (a python -m data.align template), recorded in the "
                         "checkpoint so predict.py / visualize.py / test.py align raw photos the same way; default: "
                         "the template named in DATA_ROOT/align.json (written by data.align), else none (Haar box)")
-    g.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    g.add_argument("--workers", type=int, default=None,
+                   help="DataLoader worker processes (persistent); default: 2 on a CPU run, on a GPU the cores per "
+                        "process less one, 2 to 16 (data/loaders.py loader_workers)")
     g.add_argument("--cache-images", action="store_true", help="decode every image once into memory")
     g.add_argument("--skip-bad-images", action="store_true", help="log and skip unreadable images instead of stopping")
     g.add_argument("--balanced-sampler", action="store_true",

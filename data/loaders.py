@@ -10,6 +10,7 @@ set first; the validation split comes out of that part, and the rest is what Fac
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -117,8 +118,11 @@ def build_data(args: argparse.Namespace, dist_info) -> RunData:
                                         dist_info.world_size)
     else:
         train_sampler = ResumableSampler(len(train_set), args.seed, True, dist_info.rank, dist_info.world_size)
+    args.workers = loader_workers(args.workers, args.device_type)
+    # Persistent workers: started once, not again for every epoch and every evaluation (augmentation
+    # is seeded per sample by the sampler, so a worker's own generators do not matter).
     loader_kw = dict(num_workers=args.workers, pin_memory=args.device_type == "cuda",
-                     persistent_workers=False, generator=torch.Generator().manual_seed(args.seed))
+                     persistent_workers=args.workers > 0, generator=torch.Generator().manual_seed(args.seed))
     # drop_last keeps every step's batch full (and BatchNorm away from batches of one).
     train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=train_sampler, drop_last=True, **loader_kw)
     test_loader, val_loader = (
@@ -126,6 +130,23 @@ def build_data(args: argparse.Namespace, dist_info) -> RunData:
                    sampler=ShardSampler(len(data), dist_info.rank, dist_info.world_size), **loader_kw)
         if data is not None else None for data in (test_set, val_set))
     return RunData(train_set, test_set, val_set, train_sampler, train_loader, test_loader, val_loader)
+
+
+MAX_AUTO_WORKERS = 16
+
+
+def loader_workers(requested: int | None, device_type: str) -> int:
+    """``--workers``, or when not given: 2 on a CPU run (the workers share the cores with the
+    training itself), and on a GPU the cores this process may use, shared between the processes
+    on this machine (torchrun's LOCAL_WORLD_SIZE), less one for the training process, between 2
+    and 16."""
+    if requested is not None:
+        return requested
+    if device_type != "cuda":
+        return 2
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    per_process = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(2, min(MAX_AUTO_WORKERS, per_process - 1))
 
 
 def val_origin(args: argparse.Namespace) -> str:
