@@ -214,7 +214,7 @@ def choose_channels_last(choice: str, model: torch.nn.Module, images: torch.Tens
     batch = torch.cat([images, torch.flip(images, dims=[3])]).to(device)
     kind = f"channels-last / contiguous, {args.backbone} @ {args.img_size} x {len(batch)}, {args.amp}"
     with engine_autocast(device, args.amp):
-        ratio, cached = cached_probe(kind, lambda: channels_last_probe(model, batch))
+        ratio, cached = cached_probe(kind, lambda: channels_last_probe(model, batch), device=device)
     use = ratio >= 1.0
     return use, (f"auto: {'cached ' if cached else ''}probe: channels-last at {ratio:.2f}x contiguous speed; "
                  f"{'channels-last' if use else 'contiguous'}")

@@ -167,3 +167,54 @@ def test_a_cpu_run_changes_no_backend_setting(restored_backends):
     torch.backends.cudnn.benchmark = False
     assert device_utils.configure_backends(CPU, "off") == []
     assert not torch.backends.cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()
+
+
+class QueuedDevice:
+    """A device that runs work after the call that launched it returns, as CUDA does: a run
+    queues its seconds, and synchronize() waits for them."""
+
+    def __init__(self) -> None:
+        self.queued = 0.0
+
+    def launcher(self, seconds: float):
+        def run() -> None:
+            self.queued += seconds
+        return run
+
+    def synchronize(self) -> None:
+        import time
+
+        time.sleep(self.queued)
+        self.queued = 0.0
+
+
+def test_the_timed_pair_waits_for_queued_device_work():
+    device = QueuedDevice()
+    ratio = device_utils._time_pair(device.launcher(0.04), device.launcher(0.02), budget_s=0.0, sync=device.synchronize)
+    assert 1.5 < ratio < 2.5  # a takes twice as long as b; unsynchronised, both timed ~0 s
+
+
+def test_the_channels_last_probe_synchronises_a_cuda_device(monkeypatch):
+    seen = {}
+
+    def fake_time_pair(run_a, run_b, budget_s, sync):
+        seen["sync"] = sync
+        return 1.0
+
+    monkeypatch.setattr(device_utils, "_time_pair", fake_time_pair)
+    synced = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(device))
+    images = torch.zeros(2, 3, 8, 8, device="meta")
+    monkeypatch.setattr(torch.Tensor, "device", property(lambda self: torch.device("cuda", 1)))
+    device_utils.channels_last_probe(torch.nn.Conv2d(3, 4, 3), images)
+    seen["sync"]()
+    assert synced == [torch.device("cuda", 1)]
+
+
+def test_a_gpu_probe_is_cached_under_the_gpus_name_not_the_cpus(monkeypatch, tmp_path):
+    fake_gpu(monkeypatch, "NVIDIA H100 80GB HBM3", (9, 0))
+    key = device_utils.probe_key("channels-last / contiguous", SAPPHIRE_RAPIDS, torch.device("cuda", 0))
+    assert "NVIDIA H100 80GB HBM3" in key and "compute capability 9.0" in key and "Xeon" not in key
+    ratio, cached = device_utils.cached_probe("cl", lambda: 1.3, tmp_path, SAPPHIRE_RAPIDS, torch.device("cuda", 0))
+    fake_gpu(monkeypatch, "Tesla T4", (7, 5))  # another GPU in the same machine: measured again
+    assert device_utils.cached_probe("cl", lambda: 0.8, tmp_path, SAPPHIRE_RAPIDS, torch.device("cuda", 0)) == (0.8, False)

@@ -100,8 +100,13 @@ def probe_cache_path(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(cache_dir) / "device_probe.json"
 
 
-def probe_key(kind: str, cpuinfo: str | None = None) -> str:
-    """Cache key of a probe on this machine: what it measured, the CPU, its bf16 flags, torch."""
+def probe_key(kind: str, cpuinfo: str | None = None, device: torch.device | str | None = None) -> str:
+    """Cache key of a probe on this machine: what it measured, the CPU, its bf16 flags, torch; for a
+    probe run on a GPU (``device``), the GPU, its compute capability and CUDA instead of the CPU."""
+    if device is not None and torch.device(device).type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return (f"{kind} | {torch.cuda.get_device_name(device)} | compute capability {major}.{minor} | "
+                f"CUDA {torch.version.cuda} | torch {torch.__version__}")
     flags = cpu_bf16_flags(cpuinfo)
     flag_text = "flags unknown" if flags is None else ",".join(sorted(flags)) or "no bf16 flags"
     return f"{kind} | {cpu_name(cpuinfo)} | {flag_text} | torch {torch.__version__} | {os.cpu_count()} CPUs"
@@ -130,9 +135,10 @@ def _store(path: Path, key: str, value: dict) -> None:
 
 
 def cached_probe(kind: str, probe: Callable[[], float], cache_dir: str | os.PathLike | None = None,
-                 cpuinfo: str | None = None) -> tuple[float, bool]:
-    """(the probe's ratio, whether it came from the cache); measures and stores it when not cached."""
-    path, key = probe_cache_path(cache_dir), probe_key(kind, cpuinfo)
+                 cpuinfo: str | None = None, device: torch.device | str | None = None) -> tuple[float, bool]:
+    """(the probe's ratio, whether it came from the cache); measures and stores it when not cached.
+    ``device``: where the probe runs (its key names that GPU; default: the CPU)."""
+    path, key = probe_cache_path(cache_dir), probe_key(kind, cpuinfo, device)
     entry = _load_cache(path).get(key)
     if isinstance(entry, dict) and isinstance(entry.get("ratio"), (int, float)) and entry["ratio"] > 0:
         return float(entry["ratio"]), True
@@ -142,17 +148,25 @@ def cached_probe(kind: str, probe: Callable[[], float], cache_dir: str | os.Path
 
 
 # ----------------------------------------------------------------------------- the probes
+def _no_sync() -> None:
+    pass
+
+
 def _time_pair(run_a: Callable[[], None], run_b: Callable[[], None], budget_s: float, min_repeats: int = 2,
-               max_repeats: int = 5) -> float:
+               max_repeats: int = 5, sync: Callable[[], None] = _no_sync) -> float:
     """Speed of b relative to a (a's time / b's time, medians), alternating a and b so that
-    load from other processes falls on both; stops after ``budget_s`` once ``min_repeats`` each."""
-    run_a(), run_b()  # warm-up: oneDNN primitive creation, allocator
+    load from other processes falls on both; stops after ``budget_s`` once ``min_repeats`` each.
+    ``sync`` waits for the device's queued work (``torch.cuda.synchronize``: a CUDA call returns
+    before its kernels have run), before each clock start and stop."""
+    run_a(), run_b()  # warm-up: oneDNN primitive creation, cuDNN autotuning, allocator
+    sync()
     times_a, times_b = [], []
     start = time.perf_counter()
     while len(times_a) < max_repeats and (len(times_a) < min_repeats or time.perf_counter() - start < budget_s):
         for run, times in ((run_a, times_a), (run_b, times_b)):
             t0 = time.perf_counter()
             run()
+            sync()
             times.append(time.perf_counter() - t0)
     return statistics.median(times_a) / statistics.median(times_b)
 
@@ -179,7 +193,8 @@ def bf16_probe(budget_s: float = 0.5) -> float:
 
 def channels_last_probe(model: torch.nn.Module, images: torch.Tensor, budget_s: float = 3.0) -> float:
     """Channels-last speed over contiguous speed for ``model``'s forward + backward on ``images``
-    (> 1: channels-last is faster). The model is left in contiguous format."""
+    (> 1: channels-last is faster), on the images' device. The model is left in contiguous format."""
+    sync = (lambda: torch.cuda.synchronize(images.device)) if images.device.type == "cuda" else _no_sync
     was_training = model.training
     model.train()
 
@@ -190,7 +205,7 @@ def channels_last_probe(model: torch.nn.Module, images: torch.Tensor, budget_s: 
         model.zero_grad(set_to_none=True)
 
     try:
-        return _time_pair(lambda: step(torch.contiguous_format), lambda: step(torch.channels_last), budget_s)
+        return _time_pair(lambda: step(torch.contiguous_format), lambda: step(torch.channels_last), budget_s, sync=sync)
     finally:
         model.to(memory_format=torch.contiguous_format)
         model.train(was_training)
