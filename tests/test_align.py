@@ -226,3 +226,27 @@ def test_prepare_folder_refuses_bad_arguments(raw_folder, tmp_path, capsys):
     with pytest.raises(SystemExit):
         align.main([str(raw_folder), str(tmp_path / "d"), "--template", "arcface112", "--no-progress"])
     assert "holds crops aligned to dlib150" in capsys.readouterr().err
+
+
+def test_test_py_aligns_a_folder_of_raw_photos_to_the_checkpoints_framing(aligned_checkpoint, astronaut, tmp_path,
+                                                                          capsys, monkeypatch):
+    root = tmp_path / "raw"
+    for split in ("train", "test"):
+        (root / split / "happy").mkdir(parents=True)
+        (root / split / "neutral").mkdir(parents=True)
+        astronaut.save(root / split / "happy" / "astronaut.png")
+        Image.fromarray(np.full((64, 64, 3), 120, np.uint8)).save(root / split / "neutral" / "blank.png")
+    framed = []
+    real = inference.FramingTransform.__call__
+
+    def recording(self, image):
+        face = real(self, image)
+        framed.append(face.size)
+        return face
+
+    monkeypatch.setattr(inference.FramingTransform, "__call__", recording)
+    metrics = test_script.cli([str(aligned_checkpoint), "--dataset", "folder", "--data-root", str(root),
+                               "--workers", "0", "--no-progress", "--device", "cpu", "--output", str(tmp_path / "e")])
+    assert "framing: every image aligned to arcface112, the checkpoint's framing" in capsys.readouterr().out
+    assert sorted(framed) == [(64, 64), (112, 112)]  # the face aligned; the blank image whole
+    assert len(metrics["per_class_acc"]) == 2
