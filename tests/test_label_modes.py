@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -34,6 +35,23 @@ def test_multi_target_keeps_every_emotion_with_30_percent():
     assert official_distribution([4, 3, 3, 0, 0, 0, 0, 0, 0, 0], "multi-target") == pytest.approx(
         [0.4, 0.3, 0.3, 0, 0, 0, 0, 0])
     assert official_distribution([4, 2, 2, 2, 0, 0, 0, 0, 0, 0], "multi-target") is None
+
+
+def test_multi_target_threshold_is_30_percent_of_the_votes_left_after_outliers():
+    # Five single votes are outliers: 5 votes remain, 30% of them 1.5: 3 and 2 both pass (of the
+    # 10 raw votes, 30% would be 3 and 2 would not).
+    assert official_distribution([3, 2, 1, 1, 1, 1, 1, 0, 0, 0], "multi-target") == pytest.approx(
+        [0.6, 0.4, 0, 0, 0, 0, 0, 0])
+
+
+def test_unknown_and_not_a_face_count_towards_the_threshold_but_not_the_distribution():
+    # Neutral 4, happiness 3, unknown 3 of 10: all three reach 30% (3 votes), 10 > 50% kept; the
+    # emotions then share their own 7 votes: 4/7, 3/7 (not 0.4, 0.3).
+    assert official_distribution([4, 3, 0, 0, 0, 0, 0, 0, 3, 0], "multi-target") == pytest.approx(
+        [4 / 7, 3 / 7, 0, 0, 0, 0, 0, 0])
+    # Neutral 5, not-a-face 4 of 9: both kept (2.7 votes), neutral alone is the distribution.
+    assert official_distribution([5, 0, 0, 0, 0, 0, 0, 0, 0, 4], "multi-target") == pytest.approx(
+        [1, 0, 0, 0, 0, 0, 0, 0])
 
 
 def test_images_the_official_rules_discard():
@@ -92,7 +110,7 @@ from data.label_modes import apply_label_mode  # noqa: E402
 from test_datasets_extra import make_ferplus  # noqa: E402
 
 # Canonical order: surprise, fear, disgust, happiness, sadness, anger, neutral, contempt.
-NEUTRAL, ANGER, DISGUST, CONTEMPT = 6, 5, 2, 7
+NEUTRAL, ANGER, DISGUST, HAPPINESS, CONTEMPT = 6, 5, 2, 3, 7
 
 
 def test_soft_and_multi_target_items_on_ferplus(tmp_path):
@@ -144,6 +162,27 @@ def test_seven_classes_drop_contempt_from_the_distribution(tmp_path):
     assert class_vote_counts(train7.samples, 7).shape == (len(train7), 7)
     soft7 = apply_label_mode(train7, "soft")
     assert all(len(d) == 7 and abs(sum(d) - 1) < 1e-9 for d in soft7.distributions)
+
+
+@pytest.mark.parametrize("mode", ["soft", "multi-target"])
+def test_seven_classes_renormalise_what_contempt_leaves(mode):
+    from data.base import ImageListDataset
+    from data.classes import CANONICAL_CLASSES
+    from data.ferplus import VotedSample
+
+    # Neutral 4, happiness 3, contempt 3 of 10: the official distribution is 0.4, 0.3, 0.3 (soft:
+    # 4 alone is under 75%, the tied 3s join; multi-target: all three reach 30%). Without
+    # contempt the two emotions share what is left: 4/7 and 3/7.
+    votes = (4, 3, 0, 0, 0, 0, 0, 3, 0, 0)
+    sample = VotedSample(Path("fer0000000.png"), NEUTRAL, votes)
+    seven = apply_label_mode(ImageListDataset([sample], CANONICAL_CLASSES[:7]), mode)
+    expected = [0.0] * 7
+    expected[NEUTRAL], expected[HAPPINESS] = 4 / 7, 3 / 7
+    assert seven.distributions[0] == pytest.approx(expected)
+    eight = apply_label_mode(ImageListDataset([sample], CANONICAL_CLASSES), mode)
+    expected = [0.0] * 8
+    expected[NEUTRAL], expected[HAPPINESS], expected[CONTEMPT] = 0.4, 0.3, 0.3
+    assert eight.distributions[0] == pytest.approx(expected)
 
 
 def test_training_on_ferplus_records_the_distribution_metrics(tmp_path):

@@ -89,6 +89,18 @@ def test_ece_hand_computed_with_15_bins():
     assert expected_calibration_error(two, [0, 1]) == pytest.approx(0.5 * 0.4 + 0.5 * 0.61, rel=1e-12)
 
 
+def test_ece_uses_15_bins_by_default():
+    # Confidences 0.62 (right) and 0.68 (wrong): bins 9 (0.6, 0.6667] and 10 (0.6667, 0.7333] of
+    # 15, so 1/2 |1 - 0.62| + 1/2 |0 - 0.68| = 0.53. Ten bins would put both in (0.6, 0.7]:
+    # |1/2 - 0.65| = 0.15.
+    probs = np.array([[0.62, 0.38], [0.68, 0.32]])
+    assert expected_calibration_error(probs, [0, 1]) == pytest.approx(0.53, rel=1e-12)
+    assert expected_calibration_error(probs, [0, 1], bins=10) == pytest.approx(0.15, rel=1e-12)
+    from utils.metrics import evaluation_metrics
+
+    assert evaluation_metrics([0, 1], [0, 0], probs, num_classes=2)["ece"] == pytest.approx(0.53, rel=1e-12)
+
+
 def test_evaluation_metrics_add_ece_always_and_vote_metrics_with_votes():
     from utils.metrics import evaluation_metrics
 

@@ -11,11 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
+import engine
 import train
 from methods.mek import MEK
 from conftest import make_raf_db
 from data import check as data_check
+from test_val_split import _scripted_evaluate
+from utils.checkpoint import load_checkpoint
 from utils.logging import read_metrics
+from utils.stop import GracefulStop
 
 ROOT = Path(__file__).resolve().parent.parent
 # 128 images / batch 16 = 8 steps per epoch; 2 epochs; checkpoints every 3 steps, mid-epoch.
@@ -247,3 +251,34 @@ def test_sigterm_saves_the_step_in_flight_and_resume_matches_uninterrupted_run(r
     assert f"stopped by SIGTERM at step {stopped_at}; last.pth holds that step" in out
     assert f"at epoch {stopped_at // 8}, step {stopped_at}" in resumed
     _assert_same_run(reference_run, output)
+
+
+def test_resume_restores_the_best_score_so_a_worse_evaluation_keeps_best_pth(demo_root, tmp_path, monkeypatch):
+    # Validation mean class accuracy 0.5, 0.9, 0.6 at steps 1, 2, 3; the run is stopped at step 3
+    # (as by SIGTERM) and resumed: 0.7 and 0.8 at steps 4 and 5 are worse than step 2's 0.9, so
+    # best.pth stays at step 2. A resume that forgot the best score would write step 4's.
+    out = tmp_path / "run"
+    run = ["--method", "ce", "--dataset", "demo", "--data-root", str(demo_root), "--backbone", "test_resnet",
+           "--img-size", "32", "--batch-size", "16", "--workers", "0", "--no-progress", "--steps", "5",
+           "--eval-interval", "1", "--val-fraction", "0.25", "--output", str(out)]  # 96 training images: 6 steps an epoch
+    calls: list[str] = []
+    monkeypatch.setattr(engine, "evaluate", _scripted_evaluate([0.5, 0.9, 0.6], [0.3, 0.4, 0.5], calls))
+    monkeypatch.setattr(GracefulStop, "requested", lambda self, step: signal.SIGTERM if step == 3 else None)
+    with pytest.raises(SystemExit) as exc:
+        train.cli(run)
+    assert exc.value.code == 128 + signal.SIGTERM
+    assert load_checkpoint(out / "best.pth")["progress"]["step"] == 2
+    assert load_checkpoint(out / "last.pth")["progress"]["step"] == 3
+
+    calls.clear()
+    monkeypatch.setattr(engine, "evaluate", _scripted_evaluate([0.7, 0.8], [0.6, 0.7], calls))
+    monkeypatch.setattr(GracefulStop, "requested", lambda self, step: None)
+    train.cli([*run, "--resume", "auto"])
+    records = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5]
+    assert [r["val_mean_acc"] for r in records] == [0.5, 0.9, 0.6, 0.7, 0.8]
+    best = load_checkpoint(out / "best.pth")
+    assert best["progress"]["step"] == 2 and best["metrics"]["mean_acc"] == 0.4
+    assert records[-1]["best"]["step"] == 2 and records[-1]["best"]["val_mean_acc"] == 0.9
+    assert ("test at the validation-chosen step (best.pth, step 2, validation mean 90.00): overall 40.00"
+            in (out / "log.txt").read_text())

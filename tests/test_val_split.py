@@ -35,6 +35,23 @@ def test_holdout_is_stratified_seeded_and_keeps_every_class():
         stratified_holdout(targets, 1.0, seed=0)
 
 
+def test_holdout_never_takes_a_class_s_only_image():
+    # 0.6 of a class of 1 rounds to 1 image, of a class of 2 to 1 (round(1.2)), of 10 to 6: the
+    # cap n_k - 1 leaves the single image to training and lets the class of 2 give one.
+    targets = [0] * 10 + [1] * 2 + [2] * 1
+    for seed in range(5):
+        per_class = Counter(targets[i] for i in stratified_holdout(targets, 0.6, seed))
+        assert per_class == {0: 6, 1: 1}
+
+
+def test_labelled_fraction_and_holdout_draw_from_different_permutations():
+    # One class of 40, the same fraction and seed: were the two seeded alike, the labelled images
+    # would be exactly the held-out ones (the first 10 of one permutation), for every seed.
+    targets = [0] * 40
+    for seed in range(5):
+        assert balanced_fraction(targets, 0.25, seed, 1) != stratified_holdout(targets, 0.25, seed)
+
+
 def test_labelled_fraction_is_as_balanced_as_the_classes_allow():
     assert balanced_quotas([2, 10, 10], 9) == [2, 4, 3]  # cap 3 fits (2 + 3 + 3 = 8), one more to class 1
     # FERPlus's majority-labelled training images (surprise .. contempt), 10% of 26,940: disgust (175) and
@@ -190,6 +207,49 @@ def test_official_split_is_the_folders_val_beside_test(demo_root, tmp_path, caps
                        "--output", str(tmp_path / "x"), "--dry-run"])
         err = capsys.readouterr().err
         assert err.startswith("error: --val-split official") and err.count("\n") == 1
+
+
+def test_official_split_with_a_labelled_fraction_trains_on_the_labelled_part_only(tmp_path, monkeypatch):
+    # 12 training images (6 a class), half keep their labels: 3 a class, 3 batches of 2 in the epoch.
+    seen: dict[str, set] = {"train": set(), "val": set()}
+    original = ImageListDataset.__getitem__
+
+    def spy(self, key):
+        image, label, used = original(self, key)
+        kind = self.source.rsplit(":", 1)[-1]
+        if kind in seen:
+            seen[kind].add(self.samples[used].path)
+        return image, label, used
+
+    monkeypatch.setattr(ImageListDataset, "__getitem__", spy)
+    root = _folder(tmp_path / "data")
+    out = tmp_path / "run"
+    train.cli(["--dataset", "folder", "--data-root", str(root), "--img-size", "32", "--batch-size", "2", "--workers", "0",
+               "--no-progress", "--backbone", "test_resnet", "--method", "ce", "--epochs", "1", "--val-split", "official",
+               "--labelled-fraction", "0.5", "--seed", "3", "--output", str(out)])
+    full = build_dataset("folder", root, "train")
+    labelled = {full.samples[i].path for i in balanced_fraction(full.targets, 0.5, 3, len(full.classes))}
+    assert len(labelled) == 6 and seen["train"] == labelled  # every labelled image, and no other
+    assert seen["val"] == {s.path for s in build_dataset("folder", root, "val").samples}
+    config = json.loads((out / "config.json").read_text())
+    assert config["train_counts"] == [3, 3] and config["labelled_record"]["count"] == 6
+    assert config["val_record"]["mode"] == "official" and config["val_record"]["count"] == 4
+
+
+def test_labelled_part_follows_seed_and_the_unlabelled_rest_is_every_other_image(demo_root):
+    from data.loaders import labelled_indices, unlabelled_rest
+
+    args = train.parse_args([*TINY, "--data-root", str(demo_root), "--labelled-fraction", "0.5", "--seed", "3",
+                             "--output", "unused"])
+    full = build_dataset("demo", demo_root, "train")
+    labelled = labelled_indices(args, full)
+    assert labelled == balanced_fraction(full.targets, 0.5, 3, 7) != balanced_fraction(full.targets, 0.5, 0, 7)
+    labelled_paths = {full.samples[i].path for i in labelled}
+    rest = unlabelled_rest(args)
+    assert len(rest) == 64 and not set(rest) & labelled_paths  # none of them labelled ...
+    assert set(rest) | labelled_paths == {s.path for s in full.samples}  # ... and all the others
+    order = [s.path for s in full.samples]
+    assert rest == sorted(rest, key=order.index)  # in list order
 
 
 @pytest.mark.parametrize("flags, message", [
