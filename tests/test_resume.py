@@ -282,3 +282,29 @@ def test_resume_restores_the_best_score_so_a_worse_evaluation_keeps_best_pth(dem
     assert records[-1]["best"]["step"] == 2 and records[-1]["best"]["val_mean_acc"] == 0.9
     assert ("test at the validation-chosen step (best.pth, step 2, validation mean 90.00): overall 40.00"
             in (out / "log.txt").read_text())
+
+
+def test_a_resumed_ema_run_with_batch_augmentation_equals_the_uninterrupted_one(demo_root, tmp_path, monkeypatch):
+    # --ema's average is saved in last.pth and restored: stopped at step 5 (as by SIGTERM) and resumed, the
+    # trained and the averaged weights and every metric equal those of a run that never stopped.
+    run = ["--method", "ce", "--dataset", "demo", "--data-root", str(demo_root), "--backbone", "test_resnet",
+           "--img-size", "32", "--batch-size", "16", "--workers", "0", "--no-progress", "--steps", "12",
+           "--eval-interval", "6", "--val-fraction", "0.25", "--ema", "0.9", "--batch-augment", "--rotate", "10",
+           "--scale-min", "0.5", "--tta", "flip"]
+    train.cli([*run, "--output", str(tmp_path / "through")])
+    monkeypatch.setattr(GracefulStop, "requested", lambda self, step: signal.SIGTERM if step == 5 else None)
+    with pytest.raises(SystemExit):
+        train.cli([*run, "--output", str(tmp_path / "stopped")])
+    assert load_checkpoint(tmp_path / "stopped" / "last.pth")["progress"]["step"] == 5
+    monkeypatch.setattr(GracefulStop, "requested", lambda self, step: None)
+    train.cli([*run, "--output", str(tmp_path / "stopped"), "--resume", "auto"])
+    a, b = final_state(tmp_path / "through"), final_state(tmp_path / "stopped")
+    for key in ("model", "ema"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+    assert not all(torch.equal(a["model"][k], a["ema"][k]) for k in a["model"])  # the average is not the model
+    assert metrics_without_time(tmp_path / "stopped") == metrics_without_time(tmp_path / "through")
+    assert "online_mean_acc" in read_metrics(tmp_path / "through" / "metrics.jsonl")[-1]
+    # Resuming without --ema (or with it, from a run without) is refused: the average cannot be made up.
+    with pytest.raises(SystemExit):
+        train.cli([*[f for f in run if f not in ("--ema", "0.9")], "--output", str(tmp_path / "stopped"),
+                   "--resume", "auto"])

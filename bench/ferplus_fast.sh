@@ -1,0 +1,107 @@
+#!/bin/sh
+# The fast FERPlus regime (docs/fast_regime.md): its ablation on short proxy runs, then the recipe at its full
+# budget over three seeds, beside today's ce-dlib on the same machine; through bench/compare.py, resumable.
+#
+#   sh bench/ferplus_fast.sh [DATA_ROOT] [OUTPUT_DIR]        # start, or resume: the same command
+#   TABLES=proxy LANES=2 THREADS=1 sh bench/ferplus_fast.sh  # the proxies, two side by side at one thread each
+#   TABLES=full sh bench/ferplus_fast.sh                     # the recipe, seeds 0-2, both threads, one at a time
+#   TABLES=baseline sh bench/ferplus_fast.sh                 # ce-dlib-ferplus at its own budget, both threads
+#   TABLES=stretch sh bench/ferplus_fast.sh                  # the recipe on the votes, and at 7 classes
+#   REPORT_ONLY=1 sh bench/ferplus_fast.sh                   # rewrite the reports from what has finished
+#   STOP=1 sh bench/ferplus_fast.sh                          # pause: the running arms save their step
+#
+# Protocol (this machine's; docs/datasets.md): 10% of FER2013Train (stratified, seed = the run's seed) chooses
+# best.pth, FER2013Valid (PublicTest) is reported, 8 classes, majority labels for evaluation.
+#
+# proxy: every arm 2,000 steps of batch 64 (5.3 epochs; 10-20 minutes at one thread), seed 0. The rows add one
+#   change at a time to ce-dlib-ferplus (train_exp.sh), then the branches try alternatives to one of them:
+#     r0-ce-dlib      dlib's face-recognition trunk at 112 px, AdamW 5e-4, cosine (today's recipe)
+#     r1-ema-tta      + weight averaging (--ema 0.999) and flip test-time augmentation
+#     r2-r18s2w32     ResNet-18 for 64 px faces from scratch (resnet18_s2_w32), AdamW 2e-3, weight decay 0.05
+#     r3-crop-rotate  + random crops of 80-100% of the face and rotations up to 10 degrees
+#     r4-batch-aug    + the augmentation applied to uint8 batches (--batch-augment): the same kinds of images
+#     r5-smooth       + label smoothing 0.1 (cross-entropy only)
+#     b-s1w32-48      r4 with resnet18_s1_w32 at 48 px (6x6 maps; 2.2x the multiply-adds)
+#     b-s2-64         r4 with the full-width resnet18_s2 (4x)
+#     b-soft          r4 on the annotators' vote distributions (--ferplus-labels soft)
+#     b-dlib80        dlib's trunk at 80 px (4x4 maps; 64 px leaves 3x3) with r4's augmentation, averaging, TTA
+# full: the recipe (sh train_exp.sh ferplus-fast's flags), seeds 0, 1, 2.
+# baseline: ce-dlib-ferplus's recipe (10 epochs), seed 0: the time-to-accuracy curve of today's regime, re-run
+#   on the machine that times the recipe.
+# stretch: the recipe with --ferplus-labels soft, and at --num-classes 7 (its own table: other classes), seed 0.
+# Finished runs' small files go to RECORDS (default bench/records/ferplus_fast; commit it), so a fresh machine
+# trains only what the records lack.
+set -eu
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+DATA_ROOT="$(cd "${1:-$REPO/../shared/data/ferplus}" && pwd)"
+OUT="${2:-$HOME/runs/ferplus_fast}"
+. "$REPO/bench/env.sh"  # PYTHON and tcmalloc
+RECORDS="${RECORDS:-$REPO/bench/records/ferplus_fast}"
+TABLES="${TABLES:-proxy baseline full stretch}"
+EXTRA=""
+[ "${REPORT_ONLY:-0}" = 1 ] && EXTRA="--report-only"
+if [ "${STOP:-0}" = 1 ]; then
+  rc=0
+  for dir in "$OUT/proxy" "$OUT/baseline" "$OUT/full" "$OUT/stretch" "$OUT/stretch7"; do
+    [ -d "$dir" ] || continue
+    "$PYTHON" "$REPO/bench/compare.py" --stop --output "$dir" || rc=$?
+  done
+  exit "$rc"
+fi
+
+# The recipes' flags, from train_exp.sh (one definition), less what compare.py sets itself.
+recipe_flags() {
+  FLAGS_ONLY=1 FERPLUS_ROOT="$DATA_ROOT" PYTHON="$PYTHON" sh "$REPO/train_exp.sh" "$1" 2>/dev/null | "$PYTHON" -c '
+import shlex, sys
+words, kept, skip = shlex.split(sys.stdin.read()), [], {"--dataset", "--data-root", "--epochs", "--method"}
+i = 0
+while i < len(words):
+    if words[i] in skip:
+        i += 2
+        continue
+    kept.append(words[i])
+    i += 1
+print(" ".join(kept))'
+}
+FAST="$(recipe_flags ferplus-fast)"
+FAST_EPOCHS="$(FLAGS_ONLY=1 FERPLUS_ROOT="$DATA_ROOT" sh "$REPO/train_exp.sh" ferplus-fast 2>/dev/null | sed -n 's/.*--epochs \([0-9][0-9]*\).*/\1/p')"
+DLIB_FERPLUS="$(recipe_flags ce-dlib-ferplus)"
+DLIB_EPOCHS="$(FLAGS_ONLY=1 FERPLUS_ROOT="$DATA_ROOT" sh "$REPO/train_exp.sh" ce-dlib-ferplus 2>/dev/null | sed -n 's/.*--epochs \([0-9][0-9]*\).*/\1/p')"
+
+PROXY_COMMON="--batch-size 64 --val-fraction 0.1 --amp auto --channels-last --workers 0 --cache-images \
+  --eval-interval 500 --save-interval 250 --log-interval 100"
+DLIB="--backbone dlib_resnet --pretrained dlib --norm dlib --img-size 112 --opt adamw --lr 5e-4 --weight-decay 1e-4 \
+  --sched cosine --warmup-steps 200"
+AVG="--ema 0.999 --tta flip"
+R18="--backbone resnet18_s2_w32 --img-size 64 --norm imagenet --opt adamw --lr 2e-3 --weight-decay 0.05 --sched cosine \
+  --warmup-steps 200"
+CROP="--scale-min 0.8 --rotate 10"
+BATCH="$R18 $AVG $CROP --batch-augment"
+
+compare() {  # compare.py: output $1, records $2, budget $3, seeds $4, lanes $5, threads $6, then the arms
+  output="$1"; records="$2"; budget="$3"; seeds="$4"; lanes="$5"; threads="$6"; shift 6
+  "$PYTHON" "$REPO/bench/compare.py" --dataset ferplus --data-root "$DATA_ROOT" "$@" --seeds "$seeds" $budget \
+    --lanes "$lanes" --threads "$threads" --output "$output" --records "$records" $EXTRA
+}
+for table in $TABLES; do
+  case "$table" in
+    proxy) compare "$OUT/proxy" "$RECORDS/proxy" "--steps 2000" 0 "${LANES:-2}" "${THREADS:-1}" \
+             --common "$PROXY_COMMON" --baseline r4-batch-aug --run-last r0-ce-dlib,r1-ema-tta,b-dlib80 \
+             --arm r0-ce-dlib="--method ce $DLIB" --arm r1-ema-tta="--method ce $DLIB $AVG" \
+             --arm r2-r18s2w32="--method ce $R18 $AVG" --arm r3-crop-rotate="--method ce $R18 $AVG $CROP" \
+             --arm r4-batch-aug="--method ce $BATCH" --arm r5-smooth="--method ce $BATCH --label-smoothing 0.1" \
+             --arm b-s1w32-48="--method ce $BATCH --backbone resnet18_s1_w32 --img-size 48" \
+             --arm b-s2-64="--method ce $BATCH --backbone resnet18_s2" \
+             --arm b-soft="--method ce $BATCH --ferplus-labels soft" \
+             --arm b-dlib80="--method ce $DLIB --img-size 80 $AVG $CROP --batch-augment" ;;
+    baseline) compare "$OUT/baseline" "$RECORDS/baseline" "--epochs $DLIB_EPOCHS" 0 1 "${THREADS:-2}" \
+                --common "$DLIB_FERPLUS" --arm ce-dlib="--method ce" --baseline ce-dlib ;;
+    full) compare "$OUT/full" "$RECORDS/full" "--epochs $FAST_EPOCHS" 0,1,2 1 "${THREADS:-2}" \
+            --common "$FAST" --arm fast="--method ce" --baseline fast ;;
+    stretch) compare "$OUT/stretch" "$RECORDS/stretch" "--epochs $FAST_EPOCHS" 0 1 "${THREADS:-2}" \
+               --common "$FAST" --arm fast-soft="--method ce --ferplus-labels soft" --baseline fast-soft
+             compare "$OUT/stretch7" "$RECORDS/stretch7" "--epochs $FAST_EPOCHS" 0 1 "${THREADS:-2}" \
+               --common "$FAST" --arm fast-7="--method ce --num-classes 7" --baseline fast-7 ;;
+    *) echo "error: TABLES: unknown table '$table' (proxy, baseline, full, stretch)" >&2; exit 2 ;;
+  esac
+done
