@@ -333,7 +333,7 @@ def prepare_folder(src: Path, dst: Path, template: str, workers: int = 1, progre
         writer.writerows(rows)
         handle.flush()
         bar = tqdm(total=len(images), initial=len(images) - len(todo), desc=f"align {template}", unit="img",
-                   disable=not progress, dynamic_ncols=True)
+                   disable=None if progress else True, dynamic_ncols=True)  # None: on a terminal only
         pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 and len(todo) > 1 else None
         try:
             results = pool.imap_unordered(_work, todo, chunksize=4) if pool else map(_work, todo)

@@ -240,7 +240,8 @@ def resolve_framing(choice: str, predictor: Predictor):
         return None, f"framing: OpenCV Haar box + {FACE_MARGIN:.0%} per side ({why})"
     aligner = FaceAligner(name)  # AlignError names an unknown template or the missing package
     why = "recorded in the checkpoint" if choice == "auto" else (
-        "--align" + (f"; the checkpoint was trained on {recorded or 'Haar-box crops'}" if recorded != name else ""))
+        "--align" + ("" if recorded == name else f"; the checkpoint was trained on {recorded}" if recorded
+                     else "; the checkpoint records no alignment"))
     return aligner, (f"framing: {name} alignment ({aligner.template.description}; {why}); the Haar box "
                      f"+ {FACE_MARGIN:.0%} where dlib finds no face")
 
