@@ -303,7 +303,18 @@ def test_a_resumed_ema_run_with_batch_augmentation_equals_the_uninterrupted_one(
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
     assert not all(torch.equal(a["model"][k], a["ema"][k]) for k in a["model"])  # the average is not the model
     assert metrics_without_time(tmp_path / "stopped") == metrics_without_time(tmp_path / "through")
-    assert "online_mean_acc" in read_metrics(tmp_path / "through" / "metrics.jsonl")[-1]
+    last = read_metrics(tmp_path / "through" / "metrics.jsonl")[-1]
+    # test.py evaluates the average with the run's flip TTA (the logged numbers), --network online the trained
+    # weights; predict.py / visualize.py / export.py load the average (utils/inference.py).
+    import test as test_script
+    from utils.inference import load_predictor
+
+    common = [str(tmp_path / "through" / "last.pth"), "--no-progress", "--workers", "0", "--output", str(tmp_path / "ev")]
+    averaged, online = test_script.cli(common), test_script.cli([*common, "--network", "online"])
+    assert averaged["per_class_acc"] == last["per_class_acc"] and averaged["mean_acc"] == pytest.approx(last["mean_acc"])
+    assert online["per_class_acc"] == last["online_per_class_acc"]
+    weights = load_predictor(tmp_path / "through" / "last.pth").model.state_dict()
+    assert all(torch.equal(weights[k], a["ema"][k]) for k in weights)
     # Resuming without --ema (or with it, from a run without) is refused: the average cannot be made up.
     with pytest.raises(SystemExit):
         train.cli([*[f for f in run if f not in ("--ema", "0.9")], "--output", str(tmp_path / "stopped"),

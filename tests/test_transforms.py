@@ -47,3 +47,13 @@ def test_norm_defaults_to_the_backbones_input_convention(tmp_path, demo_root):
                    "--batch-size", "8", "--workers", "0", "--steps", "1", "--no-progress", "--output", str(out), *extra])
         config = json.loads((out / "config.json").read_text())
         assert config["norm"] == expected, backbone
+
+
+def test_rotate_adds_a_random_rotation_of_at_most_that_many_degrees_first():
+    from torchvision import transforms as T
+
+    from data.transforms import AugmentConfig, build_train_transform
+
+    steps = build_train_transform(AugmentConfig(img_size=32, rotate=10.0)).transforms
+    assert isinstance(steps[0], T.RandomRotation) and list(steps[0].degrees) == [-10.0, 10.0]
+    assert not any(isinstance(s, T.RandomRotation) for s in build_train_transform(AugmentConfig(img_size=32)).transforms)
