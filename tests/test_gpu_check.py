@@ -115,14 +115,18 @@ def test_an_unknown_check_is_refused(tmp_path):
 
 @pytest.mark.skipif(os.environ.get("RUN_SLOW") != "1", reason="the whole rehearsal takes minutes; RUN_SLOW=1 runs it")
 def test_the_whole_rehearsal_at_its_smallest(tmp_path):
-    # 621 s on a 2-vCPU EPYC shared with two training jobs (4 min of CPU time); no pack: ferplus is skipped.
-    result, rows = rehearsal(tmp_path, BUDGET_S="1500")
+    # 621 s on a 2-vCPU EPYC shared with two training jobs (4 min of CPU time), and 22 s for ferplus.
+    from test_recipes import make_ferplus_release
+
+    pack = tmp_path / "pack" / "ferplus.pack"
+    assert ferplus_pack.main(["build", str(make_ferplus_release(tmp_path / "ferplus", False)), str(pack)]) == 0
+    result, rows = rehearsal(tmp_path, BUDGET_S="1500", PACK=str(pack))
     status = {r[0]: r[1] for r in rows}
     assert result.returncode == 0, "\n".join("\t".join(r) for r in rows) + result.stderr[-2000:]
     assert [r[0] for r in rows if r[0].startswith("run-")] == [f"run-{m}" for m in
                                                               ("mek", "ce", "rul", "dan", "ldam", "face2exp")]
     resume = next(r for r in rows if r[0] == "resume")[3]
     assert "max |weight difference| to the unstopped run: 0" in resume  # bit-exact on the CPU
-    assert status["test-predict"] == "ok" and status["loader"] == "ok" and status["ferplus"] == "skipped"
+    assert status["test-predict"] == "ok" and status["loader"] == "ok" and status["ferplus"] == "ok"
     assert [r[0] for r in rows if r[0].startswith("train-step")] == [
         "train-step-resnet18-32", "train-step-resnet18-48", "train-step-swin_t-56"]
