@@ -63,11 +63,20 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
 
 
 def fit_layout_to_parameters(optimizer: torch.optim.Optimizer) -> None:
-    """Give every per-parameter state tensor (moments, momentum buffers) its parameter's strides."""
-    for param, state in optimizer.state.items():
-        for key, value in state.items():
-            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
-                state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+    """Give every per-parameter state tensor (moments, momentum buffers) its parameter's strides,
+    and a non-fused group's step counters the CPU (torch leaves a counter where it was loaded:
+    on the GPU for a state saved by a fused run and not mapped to the CPU first)."""
+    for group in optimizer.param_groups:
+        counter_on_device = bool(group.get("fused") or group.get("capturable"))
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if not torch.is_tensor(value):
+                    continue
+                if key == "step" and not counter_on_device and value.device.type not in ("cpu", "meta"):
+                    state[key] = value.cpu()
+                elif value.shape == param.shape and value.stride() != param.stride():
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def build_scheduler(
