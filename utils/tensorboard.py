@@ -149,6 +149,15 @@ def confusion_figure(matrix: list[list[int]], classes: list[str]):
     return figure
 
 
+def add_tensorboard_arg(group) -> None:
+    """train.py's ``--tensorboard`` / ``--no-tensorboard`` flag."""
+    import argparse
+
+    group.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
+                       help="write TensorBoard events to OUTPUT/tensorboard (rank 0; utils/tensorboard.py); default: "
+                            "on when the tensorboard package is installed")
+
+
 def open_board(args, progress, logger, classes: list[str], is_main: bool) -> RunBoard | None:
     """The run's board when ``--tensorboard`` is on (default: when the package is installed) on rank 0;
     attached to ``logger`` so each metrics.jsonl record is also written as scalars."""
