@@ -2,6 +2,7 @@
 metrics.jsonl holds, and a run killed and resumed leaves no step twice."""
 import signal
 
+import numpy as np
 import pytest
 
 import train
@@ -82,3 +83,19 @@ def test_no_tensorboard_writes_nothing(demo_root, tmp_path):
                "--img-size", "32", "--batch-size", "16", "--workers", "0", "--no-progress", "--steps", "1",
                "--no-tensorboard", "--output", str(out)])
     assert not (out / "tensorboard").exists()
+
+
+def test_confusion_image_shades_each_cell_by_its_rows_recall():
+    from utils.tensorboard import BLUE, confusion_image
+
+    image = confusion_image([[4, 0], [1, 3]], CLASSES)  # recalls: happy 4/4, sad 3/4 (1/4 taken for happy)
+    height, width, _ = image.shape
+    assert image.dtype.name == "uint8" and width > 2 * 44 and height > 2 * 44
+
+    def cell_colours(value):
+        want = np.array([round(255 - value * (255 - c)) for c in BLUE])
+        return int((np.abs(image.reshape(-1, 3).astype(int) - want).sum(1) == 0).sum())
+
+    # the 100% cell is solid dark blue, the 75% and 25% cells their shades, the 0% cell white
+    assert cell_colours(1.0) > 1000 and cell_colours(0.75) > 1000 and cell_colours(0.25) > 1000
+    assert cell_colours(0.5) == 0  # no row has a 50% cell

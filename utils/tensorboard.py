@@ -100,7 +100,7 @@ class RunBoard:
         self.writer.flush()
 
     def write_confusion(self, step: int, matrix: list[list[int]], tag: str = "test/confusion_matrix") -> None:
-        self.writer.add_figure(tag, confusion_figure(matrix, self.classes), step)
+        self.writer.add_image(tag, confusion_image(matrix, self.classes), step, dataformats="HWC")
         self.writer.flush()
 
     def wrap_evaluator(self, evaluate):
@@ -128,25 +128,36 @@ class _BoardEvaluator:
         return getattr(self._evaluate, name)
 
 
-def confusion_figure(matrix: list[list[int]], classes: list[str]):
-    """The row-normalised confusion matrix (recall on the diagonal) as a matplotlib Figure."""
+CELL = 44  # pixels per confusion-matrix cell, at least (wider when a class name needs it)
+BLUE = (8, 48, 107)  # a recall of 100%; 0% is white
+
+
+def confusion_image(matrix: list[list[int]], classes: list[str]):
+    """The row-normalised confusion matrix (recall on the diagonal) as an RGB array (H, W, 3),
+    drawn with Pillow: a matplotlib figure per evaluation cost about 0.4 s, this a few milliseconds."""
     import numpy as np
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from sklearn.metrics import ConfusionMatrixDisplay
+    from PIL import Image, ImageDraw, ImageFont
 
     counts = np.asarray(matrix, dtype=float)
     rows = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    figure = Figure(figsize=(1.0 + 0.8 * len(classes), 0.6 + 0.7 * len(classes)))
-    FigureCanvasAgg(figure)
-    ax = figure.subplots()
-    ConfusionMatrixDisplay(rows, display_labels=classes).plot(ax=ax, cmap="Blues", values_format=".0%",
-                                                              xticks_rotation=45, im_kw={"vmin": 0, "vmax": 1},
-                                                              colorbar=False)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    figure.tight_layout()
-    return figure
+    k = len(classes)
+    font = ImageFont.load_default(size=11)
+    left = max(int(font.getlength(c)) for c in classes) + 14
+    cell, top = max(CELL, left - 6), 30
+    image = Image.new("RGB", (left + k * cell + 4, top + k * cell + 18), "white")
+    draw = ImageDraw.Draw(image)
+    for i in range(k):
+        draw.text((4, top + i * cell + cell // 2), classes[i], fill="black", font=font, anchor="lm")
+        draw.text((left + i * cell + cell // 2, top - 4), classes[i], fill="black", font=font, anchor="md")
+        for j in range(k):
+            value = rows[i, j]
+            shade = tuple(round(255 - value * (255 - c)) for c in BLUE)
+            box = (left + j * cell, top + i * cell, left + (j + 1) * cell - 1, top + (i + 1) * cell - 1)
+            draw.rectangle(box, fill=shade)
+            draw.text(((box[0] + box[2]) / 2, (box[1] + box[3]) / 2), f"{value:.0%}",
+                      fill="white" if value > 0.5 else "black", font=font, anchor="mm")
+    draw.text((left, top + k * cell + 4), "rows: true class, columns: predicted", fill="black", font=font)
+    return np.asarray(image)
 
 
 def add_tensorboard_arg(group) -> None:
