@@ -250,3 +250,19 @@ def test_test_py_aligns_a_folder_of_raw_photos_to_the_checkpoints_framing(aligne
     assert "framing: every image aligned to arcface112, the checkpoint's framing" in capsys.readouterr().out
     assert sorted(framed) == [(64, 64), (112, 112)]  # the face aligned; the blank image whole
     assert len(metrics["per_class_acc"]) == 2
+
+
+def test_visualize_frames_faces_as_the_checkpoint_was_trained(aligned_checkpoint, astronaut, tmp_path, capsys,
+                                                              monkeypatch):
+    import visualize
+
+    astronaut.save(tmp_path / "astronaut.png")
+    seen = []
+    real = visualize.class_maps
+    monkeypatch.setattr(visualize, "class_maps", lambda predictor, faces: seen.extend(f.size for f in faces) or real(
+        predictor, faces))
+    assert visualize.cli([str(aligned_checkpoint), str(tmp_path / "astronaut.png"), "--classes", "pred",
+                          "--output", str(tmp_path / "maps")]) == 0
+    assert "framing: arcface112 alignment" in capsys.readouterr().out
+    assert (tmp_path / "maps" / "astronaut_cam.png").is_file()
+    assert seen == [(112, 112)]  # the arcface112 crop, not the Haar box's 130-px square
