@@ -66,9 +66,7 @@ def get_args_parser(method: str = DEFAULT_METHOD) -> argparse.ArgumentParser:
     g.add_argument("--ferplus-labels", choices=LABEL_MODES, default="majority", help="FERPlus training targets (default: %(default)s; docs/datasets.md)")
     g.add_argument("--img-size", type=int, default=224)
     add_align_arg(g)  # --align TEMPLATE: the training faces' framing, recorded in the checkpoint
-    g.add_argument("--workers", type=int, default=None,
-                   help="DataLoader worker processes (persistent); default: 2 on a CPU run, on a GPU the cores per "
-                        "process less one, 2 to 16 (data/loaders.py loader_workers)")
+    g.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: data/loaders.py loader_workers)")
     g.add_argument("--cache-images", action="store_true", help="decode every image once into memory")
     g.add_argument("--skip-bad-images", action="store_true", help="log and skip unreadable images instead of stopping")
     g.add_argument("--balanced-sampler", action="store_true",
@@ -155,9 +153,7 @@ def get_args_parser(method: str = DEFAULT_METHOD) -> argparse.ArgumentParser:
                    help="image and mirror (attention terms) in one forward pass or two; auto: one pass where it is "
                         "exact (no BatchNorm), two otherwise (the paper's procedure)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g.add_argument("--deterministic", action="store_true",
-                   help="CUDA: deterministic algorithms, no cuDNN autotuning, for exact reruns (slower); "
-                        "by default cudnn.benchmark, and TF32 with --amp off (utils/device.py configure_backends)")
+    g.add_argument("--deterministic", action="store_true", help="CUDA: exact reruns, no autotuning (utils/device.py)")
     g.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes")
     g.add_argument("--eval-batch-size", type=int, default=None, help="default: 2x --batch-size")
     g.add_argument("--tta", choices=engine.TTA_MODES, default="none",
@@ -354,8 +350,7 @@ def main(args: argparse.Namespace) -> None:
     if progress.skipped_nonfinite:
         logger.info(f"skipped {progress.skipped_nonfinite} batches with a non-finite loss")
     if scaler is not None:
-        logger.info(f"the fp16 gradient scaler skipped {progress.scaler_skipped} of {progress.step} updates "
-                    "(inf/NaN gradients; it halves its scale each time)")
+        logger.info(f"the fp16 gradient scaler skipped {progress.scaler_skipped} of {progress.step} updates (inf/NaN)")
     logger.info(f"done in {progress.elapsed():.0f}s of training; checkpoints in {args.output}")
     for line in summary_lines(progress.step, evaluate.last, best, classes):
         logger.info(line)
