@@ -31,11 +31,10 @@ if __name__ == "__main__":
 import torch
 
 import engine
-from data import DEFAULT_ROOTS, LABEL_MODES, DatasetError
-from data.align import add_align_arg, training_template
+from data import DEFAULT_ROOTS, DatasetError
+from data.align import training_template
 from data.batch_augment import build_batch_augment
-from data.loaders import augment_config, build_data, check_data_args, val_origin
-from data.transforms import NORMALISATIONS
+from data.loaders import add_data_args, augment_config, build_data, check_data_args, val_origin
 from losses.class_prior import ClassPrior
 from methods import (DEFAULT_METHOD, METHODS, TrainSchedule, add_method_args, build_method, check_foreign_flags, check_method_args,
                      get_method_class, method_head)
@@ -57,47 +56,7 @@ def get_args_parser(method: str = DEFAULT_METHOD) -> argparse.ArgumentParser:
     """Every common flag, plus the flags of ``method`` (one argument group)."""
     p = argparse.ArgumentParser("FER training", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--method", default=DEFAULT_METHOD, help=f"training method: {', '.join(METHODS)} (registry: methods/)")
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="raf-db",
-                   help="raf-db | folder | ferplus | ferplus-private | affectnet | demo (registry: data/__init__.py)")
-    g.add_argument("--data-root", default=None, help="dataset root (default: dataset/raf-basic or dataset/demo)")
-    g.add_argument("--label-file", default=None, help="alternative training label list, same format as RAF-DB's")
-    g.add_argument("--num-classes", type=int, default=None, help="keep the first N canonical classes (e.g. 7 drops contempt)")
-    g.add_argument("--ferplus-labels", choices=LABEL_MODES, default="majority", help="FERPlus training targets (default: %(default)s; docs/datasets.md)")
-    g.add_argument("--img-size", type=int, default=224)
-    add_align_arg(g)  # --align TEMPLATE: the training faces' framing, recorded in the checkpoint
-    g.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: data/loaders.py loader_workers)")
-    g.add_argument("--cache-images", action="store_true", help="decode every image once into memory")
-    g.add_argument("--skip-bad-images", action="store_true", help="log and skip unreadable images instead of stopping")
-    g.add_argument("--balanced-sampler", action="store_true",
-                   help="class-balanced labelled batches: every class equally likely (data/balanced_sampler.py)")
-    g.add_argument("--val-fraction", type=float, default=None,
-                   help="hold out this stratified, seeded fraction of the training images as a validation split: "
-                        "best.pth is chosen on it, the test split is only reported (data/split.py)")
-    g.add_argument("--val-split", choices=["official"], default=None,
-                   help="official: the dataset's own validation split (a folder's val/ beside test/, "
-                        "ferplus-private's FER2013Valid) chooses best.pth")
-    g.add_argument("--labelled-fraction", type=float, default=None, help="keep the labels of this class-balanced, "
-                   "seeded fraction of the training images (validation comes out of it; data/split.py)")
-
-    g = p.add_argument_group("augmentation")
-    g.add_argument("--norm", choices=sorted(NORMALISATIONS), default=None, help="mean/std (default: the backbone's)")
-    g.add_argument("--scale-min", type=float, default=1.0, help="random-resized-crop area minimum (1 = plain resize)")
-    g.add_argument("--hflip", type=float, default=0.5)
-    g.add_argument("--color-jitter", type=float, default=0.0, help="(ignored by timm when --auto-augment is set)")
-    g.add_argument("--auto-augment", default=None, help="timm auto-augment policy, e.g. rand-m9-mstd0.5-inc1")
-    g.add_argument("--interpolation", choices=["bilinear", "bicubic"], default="bilinear")
-    g.add_argument("--reprob", type=float, default=0.25, help="random erasing probability")
-    g.add_argument("--remode", choices=["const", "pixel"], default="const")
-    g.add_argument("--re-max-area", type=float, default=0.25, help="random erasing maximum area fraction")
-    g.add_argument("--batch-augment", action="store_true",
-                   help="augment whole batches of uint8 faces on the training device (crop, rotation, flip, erasing "
-                        "in one affine resampling; data/batch_augment.py) instead of per image with PIL in the loader")
-    g.add_argument("--noise-prob", type=float, default=0.0,
-                   help="Gaussian pixel noise with this probability (EAC's and RUL's add_g: 0.5)")
-    g.add_argument("--rotate", type=float, default=0.0, metavar="DEG",
-                   help="random rotation in [-DEG, DEG] degrees before the crop (0 = off)")
-    g.add_argument("--noise-var", type=float, default=30.0, help="its variance in 0-255 pixel units (official: 30)")
+    add_data_args(p)  # the "data" and "augmentation" groups (data/loaders.py)
 
     g = p.add_argument_group("model")
     g.add_argument("--backbone", default="resnet18", help="resnet18 | resnet50 | swin_t | any timm feature-map model")

@@ -36,6 +36,54 @@ class RunData(NamedTuple):
     val_loader: DataLoader | None
 
 
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    """train.py's "data" and "augmentation" flag groups (their checks: :func:`check_data_args`)."""
+    from . import LABEL_MODES
+    from .align import add_align_arg
+
+    g = parser.add_argument_group("data")
+    g.add_argument("--dataset", default="raf-db",
+                   help="raf-db | folder | ferplus | ferplus-private | affectnet | demo (registry: data/__init__.py)")
+    g.add_argument("--data-root", default=None, help="dataset root (default: dataset/raf-basic or dataset/demo)")
+    g.add_argument("--label-file", default=None, help="alternative training label list, same format as RAF-DB's")
+    g.add_argument("--num-classes", type=int, default=None, help="keep the first N canonical classes (e.g. 7 drops contempt)")
+    g.add_argument("--ferplus-labels", choices=LABEL_MODES, default="majority", help="FERPlus training targets (default: %(default)s; docs/datasets.md)")
+    g.add_argument("--img-size", type=int, default=224)
+    add_align_arg(g)  # --align TEMPLATE: the training faces' framing, recorded in the checkpoint
+    g.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: data/loaders.py loader_workers)")
+    g.add_argument("--cache-images", action="store_true", help="decode every image once into memory")
+    g.add_argument("--skip-bad-images", action="store_true", help="log and skip unreadable images instead of stopping")
+    g.add_argument("--balanced-sampler", action="store_true",
+                   help="class-balanced labelled batches: every class equally likely (data/balanced_sampler.py)")
+    g.add_argument("--val-fraction", type=float, default=None,
+                   help="hold out this stratified, seeded fraction of the training images as a validation split: "
+                        "best.pth is chosen on it, the test split is only reported (data/split.py)")
+    g.add_argument("--val-split", choices=["official"], default=None,
+                   help="official: the dataset's own validation split (a folder's val/ beside test/, "
+                        "ferplus-private's FER2013Valid) chooses best.pth")
+    g.add_argument("--labelled-fraction", type=float, default=None, help="keep the labels of this class-balanced, "
+                   "seeded fraction of the training images (validation comes out of it; data/split.py)")
+
+    g = parser.add_argument_group("augmentation")
+    g.add_argument("--norm", choices=sorted(NORMALISATIONS), default=None, help="mean/std (default: the backbone's)")
+    g.add_argument("--scale-min", type=float, default=1.0, help="random-resized-crop area minimum (1 = plain resize)")
+    g.add_argument("--hflip", type=float, default=0.5)
+    g.add_argument("--color-jitter", type=float, default=0.0, help="(ignored by timm when --auto-augment is set)")
+    g.add_argument("--auto-augment", default=None, help="timm auto-augment policy, e.g. rand-m9-mstd0.5-inc1")
+    g.add_argument("--interpolation", choices=["bilinear", "bicubic"], default="bilinear")
+    g.add_argument("--reprob", type=float, default=0.25, help="random erasing probability")
+    g.add_argument("--remode", choices=["const", "pixel"], default="const")
+    g.add_argument("--re-max-area", type=float, default=0.25, help="random erasing maximum area fraction")
+    g.add_argument("--batch-augment", action="store_true",
+                   help="augment whole batches of uint8 faces on the training device (crop, rotation, flip, erasing "
+                        "in one affine resampling; data/batch_augment.py) instead of per image with PIL in the loader")
+    g.add_argument("--noise-prob", type=float, default=0.0,
+                   help="Gaussian pixel noise with this probability (EAC's and RUL's add_g: 0.5)")
+    g.add_argument("--rotate", type=float, default=0.0, metavar="DEG",
+                   help="random rotation in [-DEG, DEG] degrees before the crop (0 = off)")
+    g.add_argument("--noise-var", type=float, default=30.0, help="its variance in 0-255 pixel units (official: 30)")
+
+
 def augment_config(args: argparse.Namespace) -> AugmentConfig:
     mean, std = NORMALISATIONS[args.norm]
     return AugmentConfig(
