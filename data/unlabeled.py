@@ -188,9 +188,10 @@ class UnlabeledStream:
         self.dataset = dataset
         self.batch_size = batch_size
         self.sampler = ResumableSampler(len(dataset), seed + SEED_OFFSET, True, rank, world_size)
-        # A generator of its own: creating an iterator must not draw from torch's global one.
+        # A generator of its own: creating an iterator must not draw from torch's global one. Persistent
+        # workers: the stream starts a new epoch every few hundred steps, and restarting them costs seconds.
         self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, drop_last=True,
-                                 num_workers=workers, pin_memory=pin_memory,
+                                 num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
                                  generator=torch.Generator().manual_seed(seed + SEED_OFFSET))
         self.batches_per_epoch = self.sampler.per_rank // batch_size
         self.epoch = 0

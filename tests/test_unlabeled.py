@@ -70,6 +70,17 @@ def test_the_stream_cycles_epochs_and_resumes_at_its_position(tmp_path):
         UnlabeledStream(unlabeled_dataset(tmp_path / "u", VIEWS), batch_size=8, seed=0)
 
 
+def test_with_a_worker_the_stream_keeps_it_across_epochs_and_draws_the_same_batches(tmp_path):
+    for i in range(7):
+        write_image(tmp_path / "u" / f"{i}.png", size=20, seed=i)
+    in_process = UnlabeledStream(unlabeled_dataset(tmp_path / "u", VIEWS), batch_size=3, seed=0)
+    with_worker = UnlabeledStream(unlabeled_dataset(tmp_path / "u", VIEWS), batch_size=3, seed=0, workers=1)
+    assert with_worker.loader.persistent_workers  # not restarted at each of the stream's epochs
+    for _ in range(5):  # across two epoch boundaries
+        (a, b), (c, d) = in_process.next(), with_worker.next()
+        assert torch.equal(a, c) and torch.equal(b, d)
+
+
 def test_balanced_sampler_draws_every_class_equally_from_seed_and_epoch():
     labels = [0] * 50 + [1] * 5 + [2] * 2  # 25:2.5:1 imbalance
     sampler = BalancedSampler(labels, 3, seed=4)
