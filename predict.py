@@ -39,7 +39,8 @@ DRAW_MIN_SIDE = 256  # small images are enlarged before drawing so the labels st
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("Predict facial expressions with a trained checkpoint",
+    p = argparse.ArgumentParser("predict.py", description="Predict facial expressions in photos and videos with a "
+                                "trained checkpoint",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", help="a .pth written by train.py")
     p.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or glob patterns")

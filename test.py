@@ -36,7 +36,8 @@ from utils.metrics import evaluation_metrics
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("Evaluate a checkpoint of any method on a dataset split", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser("test.py", description="Evaluate a checkpoint of any method on a dataset split",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", help="a .pth written by train.py (best.pth or last.pth)")
     p.add_argument("--dataset", default=None, help="default: the checkpoint's")
     p.add_argument("--data-root", default=None, help="default: the checkpoint's")

@@ -35,7 +35,7 @@ DISPLAY = 224  # pixels per panel
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("Class activation maps of a trained checkpoint",
+    p = argparse.ArgumentParser("visualize.py", description="Class activation maps of a trained checkpoint",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", help="a .pth written by train.py")
     p.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or glob patterns")
