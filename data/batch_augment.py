@@ -61,6 +61,13 @@ def splitmix64_uniform(seeds: np.ndarray, count: int) -> np.ndarray:
     return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53  # the top 53 bits: exact float64 in [0, 1)
 
 
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor on ``device`` without a host synchronisation (pinned, asynchronous copy on CUDA)."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 class Uint8Image:
     """The per-sample transform of the batch path: the decoded face as a (3, S, S) uint8 tensor, resized
     only where it is not S x S (S: the size of the training set's first face), no randomness."""
@@ -134,16 +141,16 @@ class BatchAugment:
         """uint8 (B, C, H, W) on any device -> normalised float (B, C, S, S) on that device."""
         u = self.parameters(indices, epoch)
         size, device = self.cfg.img_size, images.device
-        theta = torch.as_tensor(self.affine(u), dtype=torch.float32, device=device)
+        theta = _to_device(torch.as_tensor(self.affine(u), dtype=torch.float32), device)
         grid = F.affine_grid(theta, [len(u), images.shape[1], size, size], align_corners=False)
         out = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        mean = torch.tensor(self.cfg.mean, device=device).view(1, -1, 1, 1) * 255
-        std = torch.tensor(self.cfg.std, device=device).view(1, -1, 1, 1) * 255
+        mean = _to_device(torch.tensor(self.cfg.mean).view(1, -1, 1, 1) * 255, device)
+        std = _to_device(torch.tensor(self.cfg.std).view(1, -1, 1, 1) * 255, device)
         out = (out - mean) / std
         boxes = self.erase_boxes(u, size)
         if boxes[:, 2].any():
             rows = torch.arange(size, device=device)
-            b = torch.as_tensor(boxes, device=device)
+            b = _to_device(torch.as_tensor(boxes), device)
             inside_y = (rows[None, :] >= b[:, 0:1]) & (rows[None, :] < b[:, 0:1] + b[:, 2:3])
             inside_x = (rows[None, :] >= b[:, 1:2]) & (rows[None, :] < b[:, 1:2] + b[:, 3:4])
             mask = inside_y[:, None, :, None] & inside_x[:, None, None, :]
