@@ -6,7 +6,8 @@
 #   TABLES=proxy LANES=2 THREADS=1 sh bench/ferplus_fast.sh  # the proxies, two side by side at one thread each
 #   TABLES=full sh bench/ferplus_fast.sh                     # the recipe, seeds 0-2, both threads, one at a time
 #   TABLES=baseline sh bench/ferplus_fast.sh                 # ce-dlib-ferplus at its own budget, both threads
-#   TABLES=stretch sh bench/ferplus_fast.sh                  # the recipe on the votes, and at 7 classes
+#   TABLES=stretch sh bench/ferplus_fast.sh                  # the recipe on the votes
+#   TABLES=methods7 sh bench/ferplus_fast.sh                 # every method in the recipe at 7 classes, seeds 0-2
 #   REPORT_ONLY=1 sh bench/ferplus_fast.sh                   # rewrite the reports from what has finished
 #   STOP=1 sh bench/ferplus_fast.sh                          # pause: the running arms save their step
 #
@@ -28,7 +29,15 @@
 # full: the recipe (sh train_exp.sh ferplus-fast's flags), seeds 0, 1, 2.
 # baseline: ce-dlib-ferplus's recipe (10 epochs), seed 0: the time-to-accuracy curve of today's regime, re-run
 #   on the machine that times the recipe.
-# stretch: the recipe with --ferplus-labels soft, and at --num-classes 7 (its own table: other classes), seed 0.
+# stretch: the recipe with --ferplus-labels soft, seed 0. The recipe's 7-class figure is methods7's ce.
+# methods7 (not in the default TABLES; LANES=2 THREADS=1 by default: two runs side by side): every method in the
+#   recipe (its backbone, data path, 40 epochs, EMA and flip TTA alike) at --num-classes 7 (contempt dropped, as
+#   MEK's official code and EAC's FERPlus evaluation), seeds 0, 1, 2, records METHODS7_RECORDS (default
+#   bench/records/ferplus_fast/methods7). Arms in the order that answers the most first: ce, mek (the paper's
+#   eps 0.3 / lambda 0.1), mek-p0.5-deferred (bench/ferplus.sh's MEK_FER2013: class weights ^0.5, both terms off
+#   for the first epoch, ramped in over half of one), eac (lambda 5), balanced-softmax, logit-adjust (tau 1);
+#   then mek-rsl, mek-rac (one of MEK's terms alone), focal (gamma 2), ldam (DRW from 80% of the epochs), rul,
+#   dan, ce-soft (cross-entropy on the votes).
 # Finished runs' small files go to RECORDS (default bench/records/ferplus_fast; commit it), so a fresh machine
 # trains only what the records lack.
 set -eu
@@ -37,12 +46,13 @@ DATA_ROOT="$(cd "${1:-$REPO/../shared/data/ferplus}" && pwd)"
 OUT="${2:-$HOME/runs/ferplus_fast}"
 . "$REPO/bench/env.sh"  # PYTHON and tcmalloc
 RECORDS="${RECORDS:-$REPO/bench/records/ferplus_fast}"
+METHODS7_RECORDS="${METHODS7_RECORDS:-$RECORDS/methods7}"
 TABLES="${TABLES:-proxy baseline full stretch}"
 EXTRA=""
 [ "${REPORT_ONLY:-0}" = 1 ] && EXTRA="--report-only"
 if [ "${STOP:-0}" = 1 ]; then
   rc=0
-  for dir in "$OUT/proxy" "$OUT/baseline" "$OUT/full" "$OUT/stretch" "$OUT/stretch7"; do
+  for dir in "$OUT/proxy" "$OUT/baseline" "$OUT/full" "$OUT/stretch" "$OUT/methods7"; do
     [ -d "$dir" ] || continue
     "$PYTHON" "$REPO/bench/compare.py" --stop --output "$dir" || rc=$?
   done
@@ -77,6 +87,7 @@ R18="--backbone resnet18_s2_w32 --img-size 64 --norm imagenet --opt adamw --lr 2
   --warmup-steps 200"
 CROP="--scale-min 0.8 --rotate 10"
 BATCH="$R18 $AVG $CROP --batch-augment"
+MEK_FER2013="--class-weight-power 0.5 --mek-start-step 378 --mek-ramp-steps 189"  # as bench/ferplus.sh's
 
 compare() {  # compare.py: output $1, records $2, budget $3, seeds $4, lanes $5, threads $6, then the arms
   output="$1"; records="$2"; budget="$3"; seeds="$4"; lanes="$5"; threads="$6"; shift 6
@@ -86,7 +97,7 @@ compare() {  # compare.py: output $1, records $2, budget $3, seeds $4, lanes $5,
 for table in $TABLES; do
   case "$table" in
     proxy) compare "$OUT/proxy" "$RECORDS/proxy" "--steps 2000" 0 "${LANES:-2}" "${THREADS:-1}" \
-             --common "$PROXY_COMMON" --baseline r4-batch-aug --run-last r0-ce-dlib,r1-ema-tta,b-dlib80 \
+             --common "$PROXY_COMMON" --baseline r4-batch-aug --run-last b-s1w32-48,b-s2-64,b-dlib80 \
              --arm r0-ce-dlib="--method ce $DLIB" --arm r1-ema-tta="--method ce $DLIB $AVG" \
              --arm r2-r18s2w32="--method ce $R18 $AVG" --arm r3-crop-rotate="--method ce $R18 $AVG $CROP" \
              --arm r4-batch-aug="--method ce $BATCH" --arm r5-smooth="--method ce $BATCH --label-smoothing 0.1" \
@@ -99,9 +110,14 @@ for table in $TABLES; do
     full) compare "$OUT/full" "$RECORDS/full" "--epochs $FAST_EPOCHS" 0,1,2 1 "${THREADS:-2}" \
             --common "$FAST" --arm fast="--method ce" --baseline fast ;;
     stretch) compare "$OUT/stretch" "$RECORDS/stretch" "--epochs $FAST_EPOCHS" 0 1 "${THREADS:-2}" \
-               --common "$FAST" --arm fast-soft="--method ce --ferplus-labels soft" --baseline fast-soft
-             compare "$OUT/stretch7" "$RECORDS/stretch7" "--epochs $FAST_EPOCHS" 0 1 "${THREADS:-2}" \
-               --common "$FAST" --arm fast-7="--method ce --num-classes 7" --baseline fast-7 ;;
-    *) echo "error: TABLES: unknown table '$table' (proxy, baseline, full, stretch)" >&2; exit 2 ;;
+               --common "$FAST" --arm fast-soft="--method ce --ferplus-labels soft" --baseline fast-soft ;;
+    methods7) compare "$OUT/methods7" "$METHODS7_RECORDS" "--epochs $FAST_EPOCHS" 0,1,2 "${LANES:-2}" "${THREADS:-1}" \
+                --common "$FAST --num-classes 7" --arm ce="--method ce" --arm mek="--method mek" \
+                --arm mek-p0.5-deferred="--method mek $MEK_FER2013" --arm eac="--method eac" \
+                --arm balanced-softmax="--method balanced-softmax" --arm logit-adjust="--method logit-adjust" \
+                --arm mek-rsl="--method mek --rac-weight 0" --arm mek-rac="--method mek --rsl-eps 0" \
+                --arm focal="--method focal" --arm ldam="--method ldam" --arm rul="--method rul" --arm dan="--method dan" \
+                --arm ce-soft="--method ce --ferplus-labels soft" --baseline ce ;;
+    *) echo "error: TABLES: unknown table '$table' (proxy, baseline, full, stretch, methods7)" >&2; exit 2 ;;
   esac
 done

@@ -58,8 +58,8 @@ def small_image_resnet18(stem_stride: int, base_width: int = 64, **kwargs) -> nn
     ``resnet18`` (ImageNet)   48     512x2x2    0.098 G      11.18 M
     ``resnet18_s1``           48     512x6x6    1.250 G      11.17 M
     ``resnet18_s2``           64     512x4x4    0.555 G      11.17 M
-    ``resnet18_s1_w32``       48     256x6x6    0.341 G       2.80 M
-    ``resnet18_s2_w32``       64     256x4x4    0.152 G       2.80 M
+    ``resnet18_s1_w32``       48     256x6x6    0.313 G       2.80 M
+    ``resnet18_s2_w32``       64     256x4x4    0.139 G       2.80 M
     ========================  =====  =========  ===========  ==========
     """
     from timm.models.resnet import BasicBlock, ResNet

@@ -199,3 +199,26 @@ def test_fer2013_probe_measures_the_training_terms_of_the_current_heads():
     assert abs(out["rac"] - float(rac)) < 1e-4 * max(1.0, float(rac))
     assert all(out[k] > 0 for k in ("g_ce", "g_smooth", "g_rac", "feat_flip_asym"))
     assert 0.0 <= out["rac_disgust_share"] <= 1.0
+
+
+def test_attention_flip_mirror_averaged_kernels_are_exact_only_on_odd_grids():
+    """resnet18_s2_w32 with every kernel mirror-averaged: at 65 px (65-33-17-9-5, every strided layer on an
+    odd input) maps and mirrored maps agree to float32 rounding; at 64 px the half-cell shifts leave a large
+    error. The strided-layer count names the 7 stride-2 layers (stem, three 3x3 and three 1x1 shortcuts)."""
+    spec = importlib.util.spec_from_file_location("attention_flip", ROOT / "bench" / "attention_flip.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    import torch
+    from models import build_model
+
+    torch.manual_seed(0)
+    model = module.symmetrise_kernels(build_model("resnet18_s2_w32", num_classes=7, img_size=64))
+    faces = module.load_faces(None, 2)
+    odd = module.flip_errors(model, module.batch(faces, 65, "imagenet"))
+    even = module.flip_errors(model, module.batch(faces, 64, "imagenet"))
+    assert odd[2] == (5, 5) and even[2] == (4, 4)
+    assert odd[0] < 1e-4 and odd[1] < 1e-4  # float32 rounding through ~20 layers, relative
+    assert even[0] > 0.1
+    layers = module.strided_layers(model, 64)
+    assert len(layers) == 7 and all(offset == 0.5 for _, _, offset in layers)
+    assert all(offset == 0.0 for _, _, offset in module.strided_layers(model, 65))

@@ -21,7 +21,7 @@ from torch import nn
 
 import methods
 from losses.class_prior import ClassPrior
-from methods.mirror import resolve_flip_forward
+from methods.mirror import mirror_grid_offsets, relative_flip_error, resolve_flip_forward
 from models import ModelOutput, build_model
 
 from tiny_models import small_swin
@@ -124,6 +124,25 @@ def test_mirror_is_horizontal():
         assert method.training_step(MapsModel(), maps, torch.tensor([0, 1]))["rac"].item() == 0.0
     from losses import rebalanced_attention_consistency
     assert rebalanced_attention_consistency(maps, torch.flip(maps, dims=[2]), torch.ones(2)) > 0
+
+
+def test_relative_flip_error_by_hand():
+    # M(x) = [1, 2], M(flip x) = [1, 2]: flip(M(flip x)) = [2, 1], the difference [-1, 1]: sqrt(2) / sqrt(5).
+    maps = torch.tensor([1.0, 2.0]).view(1, 1, 1, 2)
+    assert relative_flip_error(maps, maps.clone()).item() == pytest.approx((2 / 5) ** 0.5, rel=1e-6)
+    # An equivariant pair (the mirror's maps are the maps mirrored): 0, per image.
+    pair = torch.tensor([[[[3.0, 1.0, 4.0]]], [[[1.0, 5.0, 9.0]]]])
+    assert relative_flip_error(pair, torch.flip(pair, dims=[3])).tolist() == [0.0, 0.0]
+
+
+def test_mirror_grid_offsets_half_a_cell_on_even_inputs():
+    # 3x3, stride 2, padding 1 on 64: outputs centred at 0, 2, .., 62, whose mirrors 63 - c are odd: half a cell.
+    assert mirror_grid_offsets(64, [(3, 2, 1)]) == [(32, 0.5)]
+    # On 65 the centres 0, 2, .., 64 mirror onto themselves; the 1x1 stride-2 shortcut (padding 0) likewise.
+    assert mirror_grid_offsets(65, [(3, 2, 1), (1, 2, 0), (3, 2, 1), (3, 2, 1)]) == [(33, 0.0), (17, 0.0), (9, 0.0),
+                                                                                      (5, 0.0)]
+    assert mirror_grid_offsets(32, [(1, 2, 0)]) == [(16, 0.5)]
+    assert mirror_grid_offsets(48, [(3, 1, 1)]) == [(48, 0.0)]  # stride 1: always on the grid
 
 
 def test_flip_forward_auto_is_one_pass_only_without_batchnorm():
