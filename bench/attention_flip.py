@@ -8,7 +8,9 @@ EAC and MEK's RAC penalise || M(x) - flip(M(flip x)) ||^2 (methods/mirror.py). A
 commutes with mirroring makes that 0, but a stride-2 layer on an even-sized input samples the mirror on a
 grid shifted by half a cell, so even mirror-symmetric kernels leave an error the attention term then asks
 the network to learn away. Per model and input size this prints:
-- the final map's size and the strided layers' grid offsets (``mirror_grid_offsets``: 0.5 = half a cell);
+- the final map's size and the strided layers' grid offsets (``mirror_grid_offsets``: 0.5 = half a cell), over the
+  strided nn.Conv2d / nn.MaxPool2d / nn.AvgPool2d modules (dlib's trunk pools and pads its sums functionally,
+  models/dlib_resnet.py, which this count does not see: its E is the measure there);
 - the relative flip error E = || M(x) - flip(M(flip x)) || / || M(x) || of the CAM maps over every class
   (``relative_flip_error``), mean over ``--faces`` faces (FERPlus's PublicTest faces with ``--data-root``,
   else random pixels), in eval mode;

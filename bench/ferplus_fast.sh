@@ -8,6 +8,7 @@
 #   TABLES=baseline sh bench/ferplus_fast.sh                 # ce-dlib-ferplus at its own budget, both threads
 #   TABLES=stretch sh bench/ferplus_fast.sh                  # the recipe on the votes
 #   TABLES=methods7 sh bench/ferplus_fast.sh                 # every method in the recipe at 7 classes, seeds 0-2
+#   TABLES=attention sh bench/ferplus_fast.sh                # the first 3 epochs of EAC and RAC at 64 and 65 px
 #   REPORT_ONLY=1 sh bench/ferplus_fast.sh                   # rewrite the reports from what has finished
 #   STOP=1 sh bench/ferplus_fast.sh                          # pause: the running arms save their step
 #
@@ -38,6 +39,10 @@
 #   for the first epoch, ramped in over half of one), eac (lambda 5), balanced-softmax, logit-adjust (tau 1);
 #   then mek-rsl, mek-rac (one of MEK's terms alone), focal (gamma 2), ldam (DRW from 80% of the epochs), rul,
 #   dan, ce-soft (cross-entropy on the votes).
+# attention (not in the default TABLES; LANES=2 THREADS=1): why attention consistency collapses early
+#   (docs/attention_consistency.md): ce, eac and mek-rac (RAC alone) over the recipe's first 1,134 steps (3 epochs;
+#   the cosine schedule over those), evaluated every 126 steps, seed 0, at 7 classes, each at 64 px (4x4 maps, every
+#   stride-2 layer half a cell off its mirror) and 65 px (5x5, every layer on the mirror's grid: bench/attention_flip.py).
 # Finished runs' small files go to RECORDS (default bench/records/ferplus_fast; commit it), so a fresh machine
 # trains only what the records lack.
 set -eu
@@ -47,12 +52,13 @@ OUT="${2:-$HOME/runs/ferplus_fast}"
 . "$REPO/bench/env.sh"  # PYTHON and tcmalloc
 RECORDS="${RECORDS:-$REPO/bench/records/ferplus_fast}"
 METHODS7_RECORDS="${METHODS7_RECORDS:-$RECORDS/methods7}"
+ATTENTION_RECORDS="${ATTENTION_RECORDS:-$RECORDS/attention}"
 TABLES="${TABLES:-proxy baseline full stretch}"
 EXTRA=""
 [ "${REPORT_ONLY:-0}" = 1 ] && EXTRA="--report-only"
 if [ "${STOP:-0}" = 1 ]; then
   rc=0
-  for dir in "$OUT/proxy" "$OUT/baseline" "$OUT/full" "$OUT/stretch" "$OUT/methods7"; do
+  for dir in "$OUT/proxy" "$OUT/baseline" "$OUT/full" "$OUT/stretch" "$OUT/methods7" "$OUT/attention"; do
     [ -d "$dir" ] || continue
     "$PYTHON" "$REPO/bench/compare.py" --stop --output "$dir" || rc=$?
   done
@@ -118,6 +124,12 @@ for table in $TABLES; do
                 --arm mek-rsl="--method mek --rac-weight 0" --arm mek-rac="--method mek --rsl-eps 0" \
                 --arm focal="--method focal" --arm ldam="--method ldam" --arm rul="--method rul" --arm dan="--method dan" \
                 --arm ce-soft="--method ce --ferplus-labels soft" --baseline ce ;;
-    *) echo "error: TABLES: unknown table '$table' (proxy, baseline, full, stretch, methods7)" >&2; exit 2 ;;
+    attention) compare "$OUT/attention" "$ATTENTION_RECORDS" "--steps 1134" 0 "${LANES:-2}" "${THREADS:-1}" \
+                 --common "$FAST --num-classes 7 --eval-interval 126 --save-interval 126 --log-interval 21" \
+                 --arm eac-64="--method eac" --arm eac-65="--method eac --img-size 65" \
+                 --arm rac-64="--method mek --rsl-eps 0" --arm rac-65="--method mek --rsl-eps 0 --img-size 65" \
+                 --arm ce-64="--method ce" --arm ce-65="--method ce --img-size 65" --baseline ce-64 \
+                 --run-last ce-64,ce-65 ;;
+    *) echo "error: TABLES: unknown table '$table' (proxy, baseline, full, stretch, methods7, attention)" >&2; exit 2 ;;
   esac
 done

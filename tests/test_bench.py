@@ -222,3 +222,37 @@ def test_attention_flip_mirror_averaged_kernels_are_exact_only_on_odd_grids():
     layers = module.strided_layers(model, 64)
     assert len(layers) == 7 and all(offset == 0.5 for _, _, offset in layers)
     assert all(offset == 0.0 for _, _, offset in module.strided_layers(model, 65))
+
+
+def test_attention_collapse_weighs_the_terms_by_hand(tmp_path):
+    spec = importlib.util.spec_from_file_location("attention_collapse", ROOT / "bench" / "attention_collapse.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def write(arm, config, records):
+        run = tmp_path / arm / "seed0"
+        run.mkdir(parents=True)
+        (run / "config.json").write_text(json.dumps(config))
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        return run
+
+    eac = write("eac", {"eac_lambda": 5.0}, [
+        {"step": 195, "mean_acc": 0.125, "overall_acc": 0.366, "per_class_acc": [0, 0, 1.0, 0], "loss": 1.7,
+         "loss_ce": 1.6, "loss_eac": 0.012},
+        {"step": 390, "mean_acc": 0.5, "overall_acc": 0.7, "per_class_acc": [0.5, 0.5, 0.5, 0.5], "loss": 1.0,
+         "loss_ce": 0.8, "loss_eac": 0.04}])
+    rows = module.early_rows(eac, evals=1)
+    assert len(rows) == 1 and rows[0]["zero_recall"] == 3 and rows[0]["classes"] == 4
+    assert rows[0]["weighted_attention"] == pytest.approx(5 * 0.012) and rows[0]["classification"] == pytest.approx(1.6)
+    # MEK deferred: lambda 0.1 off before step 378, then ramped over 189 steps (step 390: 13 of them);
+    # the classification term is RSL's.
+    mek = write("mek", {"rac_weight": 0.1, "mek_start_step": 378, "mek_ramp_steps": 189}, [
+        {"step": 195, "mean_acc": 0.3, "overall_acc": 0.6, "per_class_acc": [0.3, 0.3], "loss_rsl": 1.4, "loss_rac": 0.0},
+        {"step": 390, "mean_acc": 0.3, "overall_acc": 0.6, "per_class_acc": [0.3, 0.3], "loss_rsl": 1.0, "loss_rac": 12.0}])
+    rows = module.early_rows(mek, evals=5)
+    assert rows[0]["weighted_attention"] == 0.0
+    assert rows[1]["weighted_attention"] == pytest.approx(12.0 * 0.1 * 13 / 189)
+    assert rows[1]["classification"] == pytest.approx(1.0) and rows[1]["attention"] == "rac"
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "attention_collapse.py"), str(tmp_path)],
+                         capture_output=True, text=True, check=True).stdout
+    assert "| 0 | 195 | 12.5 | 36.6 | 3 of 4 | 1.600 | 0.0600 | 0.037 | 0.0120 |" in out
