@@ -7,7 +7,8 @@ Each run's curve is its evaluations' ``time`` (metrics.jsonl: seconds of the tra
 a resumed run's processes) against the test overall accuracy of the evaluated model (with ``--ema`` the
 average). ce-dlib comes from ``bench/records/ferplus_fast/baseline`` when that table has run (the same
 machine as the recipe); otherwise from ``bench/records/ferplus`` (today's regime as first measured, on
-another machine: the legend names each run's machine from its done.json).
+another machine: the legend names each run's machine from its done.json). Runs timed on another machine than
+the baseline's are drawn dashed and faint: their minutes do not compare with its.
 """
 from __future__ import annotations
 
@@ -50,12 +51,16 @@ def main(argv: list[str] | None = None) -> Path:
     curves = [("ferplus-fast", RECORDS / "ferplus_fast" / "full" / "fast", "tab:blue"),
               ("ce-dlib-ferplus", baseline, "tab:gray")]
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    baseline_machines = {done.get("machine") for _, _, done in runs(baseline)}
     for label, folder, colour in curves:
         for seed, records, done in runs(folder):
             minutes = [r["time"] / 60 for r in records]
             accuracy = [r["overall_acc"] * 100 for r in records]
-            ax.plot(minutes, accuracy, marker="o", markersize=3, color=colour,
-                    label=f"{label} {seed} ({machine(done)})")
+            # Minutes compare only on one machine: runs on another machine than the baseline's are drawn faint.
+            same = done.get("machine") in baseline_machines
+            ax.plot(minutes, accuracy, marker="o", markersize=3, color=colour, alpha=1.0 if same else 0.35,
+                    linestyle="-" if same else "--",
+                    label=f"{label} {seed} ({machine(done)}{'' if same else '; another machine'})")
     ax.axhline(TARGET, color="tab:red", linestyle="--", linewidth=1, label=f"{TARGET:.0f}% (Barsoum et al.'s VGG13: 83.85)")
     ax.set_xlabel("minutes of training (image caching excluded)")
     ax.set_ylabel("PublicTest overall accuracy (%)")

@@ -256,3 +256,25 @@ def test_attention_collapse_weighs_the_terms_by_hand(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "attention_collapse.py"), str(tmp_path)],
                          capture_output=True, text=True, check=True).stdout
     assert "| 0 | 195 | 12.5 | 36.6 | 3 of 4 | 1.600 | 0.0600 | 0.037 | 0.0120 |" in out
+
+
+def test_fast_ablation_table_rows_by_hand(tmp_path):
+    spec = importlib.util.spec_from_file_location("fast_ablation_table", ROOT / "bench" / "fast_ablation_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    run = tmp_path / "proxy" / "r1-ema-tta" / "seed0"
+    run.mkdir(parents=True)
+    best = {"step": 500, "overall_acc": 0.7, "mean_acc": 0.4, "vote_kl": 0.6}
+    records = [{"step": 500, "overall_acc": 0.7, "mean_acc": 0.4, "best": best},
+               {"step": 1000, "overall_acc": 0.65, "mean_acc": 0.45, "online_overall_acc": 0.66, "best": best}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (run / "done.json").write_text(json.dumps({"wall_s": 600.0, "total_steps": 1000, "threads": 1,
+                                               "machine": "AMD EPYC (family 25 model 17), native bf16, 2 logical CPUs"}))
+    (run / "command.json").write_text(json.dumps({"argv": ["--batch-size", "32"]}))
+    unfinished = tmp_path / "proxy" / "r0-ce-dlib" / "seed0"  # no done.json: no row
+    unfinished.mkdir(parents=True)
+    (unfinished / "metrics.jsonl").write_text(json.dumps(records[0]) + "\n")
+    lines = module.main(["--records", str(tmp_path), "--tables", "proxy"])
+    # 1,000 steps x 32 images / 600 s = 53 images/s; chosen step 500, end 65.00 / 45.00.
+    assert lines[2:] == ["| proxy | `r1-ema-tta` | 0 | 500 | 70.00 / 40.00 | 65.00 / 45.00 | 66.00 | 0.600 | 10.0 | 53 | 1 "
+                         "| AMD EPYC (family 25 model 17), native bf16 |"]
