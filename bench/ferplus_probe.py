@@ -1,6 +1,7 @@
 """Why do the attention-consistency terms hurt on FERPlus from dlib's backbone? Step-0 measurements.
 
     python bench/ferplus_probe.py [--data-root ../shared/data/ferplus] [--batches 3] [--out probe.json]
+    python bench/ferplus_probe.py --run-flags "--backbone resnet18_s2_w32 --norm imagenet --img-size 65 --num-classes 7"
 
 The model, data and augmentation of bench/ferplus.sh's methods table (``dlib_resnet``, level2, at
 112 px, dlib's pretrained trunk, a fresh CAM head with the run's seed 0 initialisation, 8 classes,
@@ -11,12 +12,15 @@ setting ((1 - eps) CE, eps * smoothing, lambda * RAC with eps 0.3, lambda 0.1, c
 N / (K n_k)) and for EAC's (lambda 5 times the same consistency with uniform weights 1/K); the
 features' flip asymmetry ||F - flip F'|| / ||F|| (F' = features of the mirrored image), and the
 share of RAC that comes from disgust and from contempt. Compare with FER2013's ResNet-18 from
-scratch in bench/FER2013_RESULTS.md (findings, item 2).
+scratch in bench/FER2013_RESULTS.md (findings, item 2). ``--run-flags`` (train.py flags, after the defaults,
+so they override them; ``--pretrained`` is dropped when ``--backbone`` is given) probes another model, e.g.
+the fast regime's from-scratch ResNet at 64 or 65 px (docs/attention_consistency.md).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -47,11 +51,17 @@ def main() -> None:
     p.add_argument("--data-root", default=str(REPO / ".." / "shared" / "data" / "ferplus"))
     p.add_argument("--batches", type=int, default=3)
     p.add_argument("--out", default=None, help="also write the measurements here as JSON")
+    p.add_argument("--run-flags", default="", help="train.py flags overriding the defaults (quoted)")
     cli = p.parse_args()
     if cli.batches < 1:
         p.error(f"--batches must be at least 1 (got {cli.batches})")
+    extra = shlex.split(cli.run_flags)
+    base = RUN_FLAGS
+    if "--backbone" in extra:  # another backbone: dlib's weights do not fit it
+        at = RUN_FLAGS.index("--pretrained")
+        base = RUN_FLAGS[:at] + RUN_FLAGS[at + 2:]
     args = parse_args(["--method", "ce", "--data-root", cli.data_root, "--output", "/nonexistent-probe-output",
-                       *RUN_FLAGS])
+                       *base, *extra])
     args.device_type, args.world_size = "cpu", 1  # what train.py's setup_run sets
     torch.manual_seed(args.seed)
     dist_info = init_distributed("cpu")
@@ -65,13 +75,15 @@ def main() -> None:
     classes, counts = train_set.classes, train_set.class_counts()
     mek_weights = class_weights_from_counts(counts)
     eac_weights = torch.full((len(classes),), 1.0 / len(classes))
-    disgust, contempt = classes.index("disgust"), classes.index("contempt")
+    disgust = classes.index("disgust")
+    contempt = classes.index("contempt") if "contempt" in classes else None  # absent at --num-classes 7
     rows = []
     for batch, (images, labels, *_) in enumerate(train_loader):
         if batch == cli.batches:
             break
         mek, *_ = measure(model, images, labels, mek_weights, eps=EPS, lam=LAM, disgust=disgust)
-        mek_c, *_ = measure(model, images, labels, mek_weights, eps=EPS, lam=LAM, grads=False, disgust=contempt)
+        mek_c = (measure(model, images, labels, mek_weights, eps=EPS, lam=LAM, grads=False, disgust=contempt)[0]
+                 if contempt is not None else {"rac_disgust_share": 0.0})
         eac, *_ = measure(model, images, labels, eac_weights, eps=EPS, lam=EAC_LAMBDA, disgust=disgust)
         row = {"batch": batch, "ce": mek["ce"], "g_ce_x0.7": mek["g_ce"], "g_smooth_x0.3": mek["g_smooth"],
                "rac": mek["rac"], "g_rac_x0.1": mek["g_rac"], "rac_disgust_share": mek["rac_disgust_share"],
