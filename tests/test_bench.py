@@ -278,3 +278,35 @@ def test_fast_ablation_table_rows_by_hand(tmp_path):
     # 1,000 steps x 32 images / 600 s = 53 images/s; chosen step 500, end 65.00 / 45.00.
     assert lines[2:] == ["| proxy | `r1-ema-tta` | 0 | 500 | 70.00 / 40.00 | 65.00 / 45.00 | 66.00 | 0.600 | 10.0 | 53 | 1 "
                          "| AMD EPYC (family 25 model 17), native bf16 |"]
+
+
+def test_ferplus_regimes_pairs_seeds_by_hand(tmp_path):
+    spec = importlib.util.spec_from_file_location("ferplus_regimes", ROOT / "bench" / "ferplus_regimes.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def run(records, arm, seed, mean_acc, overall, done=True):
+        folder = records / arm / f"seed{seed}"
+        folder.mkdir(parents=True)
+        # Two evaluations: the second has the higher validation score, so it is the chosen one.
+        evals = [{"step": 1, "mean_acc": 0.9, "overall_acc": 0.9, "macro_f1": 0.0, "val_mean_acc": 0.1,
+                  "per_class_acc": [0, 0], "classes": ["a", "b"]},
+                 {"step": 2, "mean_acc": mean_acc, "overall_acc": overall, "macro_f1": 0.0, "val_mean_acc": 0.5,
+                  "per_class_acc": [0, 0], "classes": ["a", "b"]}]
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evals))
+        if done:
+            (folder / "done.json").write_text(json.dumps({"wall_s": 1.0}))
+
+    weak, strong = tmp_path / "weak", tmp_path / "strong"
+    run(weak, "ce", 0, 0.50, 0.80)
+    run(weak, "ce", 1, 0.54, 0.82)
+    run(weak, "mek", 0, 0.40, 0.75)  # paired: -10 and -12 mean class, -5 and -6 overall
+    run(weak, "mek", 1, 0.42, 0.76)
+    run(weak, "mek", 2, 0.99, 0.99)  # no ce seed 2: not paired
+    run(strong, "ce", 0, 0.60, 0.85)
+    run(strong, "mek", 0, 0.61, 0.80, done=False)  # unfinished: not counted
+    lines = module.table(weak, strong)
+    assert lines[2] == "| `ce` | 52.00 ± 2.83 (2) | 81.00 ± 1.41 (2) | 60.00 (1) | 85.00 (1) |"
+    # mean class: -11 ± 1.41 against 2 x max(2.83, 1.41) = 5.66: beyond; overall -5.5 ± 0.71 against 2.83: beyond.
+    assert lines[3] == ("| `mek` | -11.00 ± 1.41 (2), worse beyond seed noise | -5.50 ± 0.71 (2), worse beyond seed noise "
+                        "| - | - |")
