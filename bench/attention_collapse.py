@@ -4,7 +4,8 @@
     python bench/attention_collapse.py bench/records/ferplus_fast/attention
 
 For each arm and seed under a compare.py records folder (``ARM/seedS/metrics.jsonl``, ``config.json``), one
-line per evaluation: the step, PublicTest mean class accuracy, how many classes have zero recall (a collapse
+line per evaluation: the step, PublicTest mean class accuracy (of the weight average in --ema runs; ``--online``:
+of the trained model), how many classes have zero recall (a collapse
 predicts one or two classes), the classification term and the weighted attention term (lambda x the term's
 mean since the previous evaluation, weighted by its lambda at the evaluation's step: EAC's ``--eac-lambda``,
 MEK's ``--rac-weight`` times its deferred ramp where one is set), and their ratio. Markdown, one table per arm.
@@ -30,8 +31,9 @@ def attention_lambda(config: dict, term: str, step: int) -> float:
     return weight * (min(1.0, (step - start + 1) / ramp) if ramp else 1.0)
 
 
-def early_rows(run: Path, evals: int) -> list[dict]:
-    """The first ``evals`` evaluations of one run (``ARM/seedS``), with the terms named and weighted."""
+def early_rows(run: Path, evals: int, network: str = "") -> list[dict]:
+    """The first ``evals`` evaluations of one run (``ARM/seedS``), with the terms named and weighted;
+    ``network`` "online_" reads the trained model's accuracies of a --ema run instead of the average's."""
     config = json.loads((run / "config.json").read_text())
     rows = []
     for line in (run / "metrics.jsonl").read_text().splitlines()[:evals]:
@@ -40,10 +42,11 @@ def early_rows(run: Path, evals: int) -> list[dict]:
         attention = next((t for t in ATTENTION_TERMS if t in terms), None)
         classification = sum(v for k, v in terms.items() if k in CLASSIFICATION_TERMS)
         weighted = terms[attention] * attention_lambda(config, attention, record["step"]) if attention else None
-        rows.append({"step": record["step"], "mean_acc": 100 * record["mean_acc"],
-                     "overall_acc": 100 * record["overall_acc"],
-                     "zero_recall": sum(1 for a in record["per_class_acc"] if a == 0),
-                     "classes": len(record["per_class_acc"]), "classification": classification,
+        recall = record[f"{network}per_class_acc"]
+        rows.append({"step": record["step"], "mean_acc": 100 * record[f"{network}mean_acc"],
+                     "overall_acc": 100 * record[f"{network}overall_acc"],
+                     "zero_recall": sum(1 for a in recall if a == 0),
+                     "classes": len(recall), "classification": classification,
                      "attention": attention, "raw_attention": terms.get(attention) if attention else None,
                      "weighted_attention": weighted})
     return rows
@@ -54,6 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("records", help="a compare.py records folder (ARM/seedS/metrics.jsonl)")
     parser.add_argument("--arms", default=None, help="comma-separated arms (default: every arm there)")
     parser.add_argument("--evals", type=int, default=9, help="evaluations per run, from the first")
+    parser.add_argument("--online", action="store_true",
+                        help="the trained (online) model's accuracies of --ema runs, not the weight average's")
     args = parser.parse_args(argv)
     root = Path(args.records)
     if not root.is_dir():
@@ -69,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
               "| lambda x attention term | ratio | raw attention term |")
         print("|---|---|---|---|---|---|---|---|---|")
         for metrics in runs:
-            for row in early_rows(metrics.parent, args.evals):
+            for row in early_rows(metrics.parent, args.evals, "online_" if args.online else ""):
                 weighted, raw = row["weighted_attention"], row["raw_attention"]
                 ratio = "-" if weighted is None else f"{weighted / row['classification']:.3f}"
                 weighted_text = "-" if weighted is None else f"{weighted:.4f}"

@@ -238,12 +238,15 @@ def test_attention_collapse_weighs_the_terms_by_hand(tmp_path):
 
     eac = write("eac", {"eac_lambda": 5.0}, [
         {"step": 195, "mean_acc": 0.125, "overall_acc": 0.366, "per_class_acc": [0, 0, 1.0, 0], "loss": 1.7,
-         "loss_ce": 1.6, "loss_eac": 0.012},
+         "loss_ce": 1.6, "loss_eac": 0.012, "online_mean_acc": 0.25, "online_overall_acc": 0.4,
+         "online_per_class_acc": [0, 0.5, 0.5, 0]},
         {"step": 390, "mean_acc": 0.5, "overall_acc": 0.7, "per_class_acc": [0.5, 0.5, 0.5, 0.5], "loss": 1.0,
          "loss_ce": 0.8, "loss_eac": 0.04}])
     rows = module.early_rows(eac, evals=1)
     assert len(rows) == 1 and rows[0]["zero_recall"] == 3 and rows[0]["classes"] == 4
     assert rows[0]["weighted_attention"] == pytest.approx(5 * 0.012) and rows[0]["classification"] == pytest.approx(1.6)
+    online = module.early_rows(eac, evals=1, network="online_")[0]  # the trained model of an --ema run
+    assert (online["mean_acc"], online["overall_acc"], online["zero_recall"]) == (25.0, 40.0, 2)
     # MEK deferred: lambda 0.1 off before step 378, then ramped over 189 steps (step 390: 13 of them);
     # the classification term is RSL's.
     mek = write("mek", {"rac_weight": 0.1, "mek_start_step": 378, "mek_ramp_steps": 189}, [
