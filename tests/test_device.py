@@ -171,10 +171,12 @@ def test_a_cpu_run_changes_no_backend_setting(restored_backends):
 
 class QueuedDevice:
     """A device that runs work after the call that launched it returns, as CUDA does: a run
-    queues its seconds, and synchronize() waits for them."""
+    queues its seconds, and synchronize() waits for them, on a clock of its own (``perf_counter``)
+    so that the test does not depend on how busy the machine is."""
 
     def __init__(self) -> None:
         self.queued = 0.0
+        self.clock = 0.0
 
     def launcher(self, seconds: float):
         def run() -> None:
@@ -182,16 +184,18 @@ class QueuedDevice:
         return run
 
     def synchronize(self) -> None:
-        import time
-
-        time.sleep(self.queued)
+        self.clock += self.queued
         self.queued = 0.0
 
+    def perf_counter(self) -> float:
+        return self.clock
 
-def test_the_timed_pair_waits_for_queued_device_work():
+
+def test_the_timed_pair_waits_for_queued_device_work(monkeypatch):
     device = QueuedDevice()
+    monkeypatch.setattr(device_utils.time, "perf_counter", device.perf_counter)
     ratio = device_utils._time_pair(device.launcher(0.04), device.launcher(0.02), budget_s=0.0, sync=device.synchronize)
-    assert 1.5 < ratio < 2.5  # a takes twice as long as b; unsynchronised, both timed ~0 s
+    assert ratio == pytest.approx(2.0)  # a takes twice as long as b; unsynchronised, both would time 0 s
 
 
 def test_the_channels_last_probe_synchronises_a_cuda_device(monkeypatch):
