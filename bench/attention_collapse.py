@@ -34,6 +34,8 @@ def attention_lambda(config: dict, term: str, step: int) -> float:
 def early_rows(run: Path, evals: int, network: str = "") -> list[dict]:
     """The first ``evals`` evaluations of one run (``ARM/seedS``), with the terms named and weighted;
     ``network`` "online_" reads the trained model's accuracies of a --ema run instead of the average's."""
+    if not (run / "config.json").is_file():
+        sys.exit(f"error: {run / 'config.json'}: missing (a compare.py record holds config.json beside metrics.jsonl)")
     config = json.loads((run / "config.json").read_text())
     rows = []
     for line in (run / "metrics.jsonl").read_text().splitlines()[:evals]:

@@ -106,12 +106,19 @@ def batch(faces: list[Image.Image], img_size: int, norm: str) -> torch.Tensor:
 def build(args: argparse.Namespace, checkpoint: str | None) -> tuple[str, nn.Module, str]:
     """(label, model, normalisation) for one row."""
     if checkpoint:
+        from utils.checkpoint import CheckpointError
         from utils.inference import load_predictor
 
-        predictor = load_predictor(checkpoint)
+        try:
+            predictor = load_predictor(checkpoint)
+        except (CheckpointError, OSError) as exc:
+            raise SystemExit(f"error: --checkpoint {checkpoint}: {exc}") from None
         return f"{predictor.backbone} trained ({checkpoint})", predictor.model, predictor.norm
     torch.manual_seed(args.seed)
-    model = build_model(args.backbone, num_classes=args.num_classes, img_size=max(args.img_size))
+    try:
+        model = build_model(args.backbone, num_classes=args.num_classes, img_size=max(args.img_size))
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise SystemExit(f"error: --backbone {args.backbone}: {exc}") from None
     label = f"{args.backbone} at initialisation (seed {args.seed})"
     if args.pretrained:
         from models.pretrained import load_pretrained_backbone
@@ -135,6 +142,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
+    if args.faces < 1:
+        parser.error(f"--faces must be at least 1, got {args.faces}")
     if args.threads:
         torch.set_num_threads(args.threads)
     faces = load_faces(args.data_root, args.faces, args.seed)
