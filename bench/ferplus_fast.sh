@@ -32,7 +32,9 @@
 # baseline: ce-dlib-ferplus's recipe (10 epochs), seed 0: the time-to-accuracy curve of today's regime, re-run
 #   on the machine that times the recipe.
 # stretch: the recipe with --ferplus-labels soft, seed 0. The recipe's 7-class figure is methods7's ce.
-# methods7 (not in the default TABLES; LANES=2 THREADS=1 by default: two runs side by side): every method in the
+# methods7 (not in the default TABLES; LANES=1 THREADS=2 by default: a 40-epoch run takes 30 min on a Zen 5 EPYC,
+#   53 on a Zen 4 (bf16) and 2.8 h on a Zen 3 (fp32) at two threads, about twice that at two lanes of one thread,
+#   and a run stopped with its machine is lost): every method in the
 #   recipe (its backbone, data path, 40 epochs, EMA and flip TTA alike) at --num-classes 7 (contempt dropped, as
 #   MEK's official code and EAC's FERPlus evaluation), seeds 0, 1, 2, records METHODS7_RECORDS (default
 #   bench/records/ferplus_fast/methods7). Arms in the order that answers the most first: ce, mek (the paper's
@@ -132,7 +134,7 @@ for table in $TABLES; do
             --common "$FAST" --arm fast="--method ce" --baseline fast ;;
     stretch) compare "$OUT/stretch" "$RECORDS/stretch" "--epochs $FAST_EPOCHS" 0 1 "${THREADS:-2}" \
                --common "$FAST" --arm fast-soft="--method ce --ferplus-labels soft" --baseline fast-soft ;;
-    methods7) compare "$OUT/methods7" "$METHODS7_RECORDS" "--epochs $FAST_EPOCHS" 0,1,2 "${LANES:-2}" "${THREADS:-1}" \
+    methods7) compare "$OUT/methods7" "$METHODS7_RECORDS" "--epochs $FAST_EPOCHS" 0,1,2 "${LANES:-1}" "${THREADS:-2}" \
                 --common "$FAST --num-classes 7" --arm ce="--method ce" --arm mek="--method mek" \
                 --arm mek-p0.5-deferred="--method mek $MEK_FER2013" --arm eac="--method eac" \
                 --arm balanced-softmax="--method balanced-softmax" --arm logit-adjust="--method logit-adjust" \
