@@ -12,6 +12,7 @@
 #   TABLES=face2exp7 sh bench/ferplus_fast.sh                # Face2Exp on 10% of the labels, 7 classes, seeds 0-2
 #   REPORT_ONLY=1 sh bench/ferplus_fast.sh                   # rewrite the reports from what has finished
 #   STOP=1 sh bench/ferplus_fast.sh                          # pause: the running arms save their step
+#   BUDGET="--steps 6" RECORDS=/tmp/r sh bench/ferplus_fast.sh  # a rehearsal: every arm 6 steps, records elsewhere
 #
 # Protocol (this machine's; docs/datasets.md): 10% of FER2013Train (stratified, seed = the run's seed) chooses
 # best.pth, FER2013Valid (PublicTest) is reported, 8 classes, majority labels for evaluation.
@@ -69,6 +70,10 @@ METHODS7_RECORDS="${METHODS7_RECORDS:-$RECORDS/methods7}"
 ATTENTION_RECORDS="${ATTENTION_RECORDS:-$RECORDS/attention}"
 FACE2EXP7_RECORDS="${FACE2EXP7_RECORDS:-$RECORDS/face2exp7}"
 TABLES="${TABLES:-proxy baseline full stretch}"
+# BUDGET replaces every table's budget (a rehearsal); its runs are other commands than the committed records'.
+if [ -n "${BUDGET:-}" ] && [ "$RECORDS" = "$REPO/bench/records/ferplus_fast" ]; then
+  echo "error: BUDGET='$BUDGET' needs RECORDS=DIR too: its runs may not go to the committed records" >&2; exit 2
+fi
 EXTRA=""
 [ "${REPORT_ONLY:-0}" = 1 ] && EXTRA="--report-only"
 if [ "${STOP:-0}" = 1 ]; then
@@ -113,7 +118,7 @@ FEW_LABELS="--labelled-fraction 0.1"
 F2E="--mu 2 --randaug 2 16 --finetune-epochs 20 --finetune-within-budget --finetune-lr 1e-3 --finetune-momentum 0.9"
 
 compare() {  # compare.py: output $1, records $2, budget $3, seeds $4, lanes $5, threads $6, then the arms
-  output="$1"; records="$2"; budget="$3"; seeds="$4"; lanes="$5"; threads="$6"; shift 6
+  output="$1"; records="$2"; budget="${BUDGET:-$3}"; seeds="$4"; lanes="$5"; threads="$6"; shift 6
   "$PYTHON" "$REPO/bench/compare.py" --dataset ferplus --data-root "$DATA_ROOT" "$@" --seeds "$seeds" $budget \
     --lanes "$lanes" --threads "$threads" --output "$output" --records "$records" $EXTRA
 }

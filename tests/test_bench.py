@@ -313,3 +313,48 @@ def test_ferplus_regimes_pairs_seeds_by_hand(tmp_path):
     # mean class: -11 ± 1.41 against 2 x max(2.83, 1.41) = 5.66: beyond; overall -5.5 ± 0.71 against 2.83: beyond.
     assert lines[3] == ("| `mek` | -11.00 ± 1.41 (2), worse beyond seed noise | -5.50 ± 0.71 (2), worse beyond seed noise "
                         "| - | - |")
+
+
+def _device_output(root: Path, device: str, runs: dict[str, bool]) -> Path:
+    """A device call's files as bench/ferplus_fast_device.sh returns them: device.txt and records/TABLE/ARM/seedS."""
+    (root / "records").mkdir(parents=True)
+    (root / "device.txt").write_text(device + "\n")
+    for rel, finished in runs.items():
+        run = root / "records" / rel
+        run.mkdir(parents=True)
+        (run / "metrics.jsonl").write_text('{"step": 1, "mean_acc": 0.5}\n')
+        if finished:
+            (run / "done.json").write_text(json.dumps({"wall_s": 60.0, "device": device}))
+    return root
+
+
+def _collect(files_at: Path, records_to: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["sh", str(ROOT / "bench" / "ferplus_fast_device.sh"), "collect", str(files_at)],
+                          env={**os.environ, "RECORDS_TO": str(records_to)}, capture_output=True, text=True)
+
+
+def test_ferplus_fast_device_collect_adds_finished_runs_and_keeps_recorded_ones(tmp_path):
+    records = tmp_path / "records"
+    old = records / "methods7" / "ce" / "seed0"
+    old.mkdir(parents=True)
+    (old / "done.json").write_text('{"wall_s": 1.0, "device": "Zen 4"}')
+    files_at = _device_output(tmp_path / "device", "NVIDIA H100 80GB HBM3",
+                              {"methods7/ce/seed0": True, "methods7/mek/seed0": True, "methods7/eac/seed0": False})
+    result = _collect(files_at, records)
+    assert result.returncode == 0, result.stderr
+    assert "1 run(s) added" in result.stdout
+    assert json.loads((old / "done.json").read_text())["device"] == "Zen 4"  # a recorded run is never replaced
+    added = records / "methods7" / "mek" / "seed0"
+    assert json.loads((added / "done.json").read_text())["device"] == "NVIDIA H100 80GB HBM3"
+    assert (added / "metrics.jsonl").is_file()
+    assert not (records / "methods7" / "eac").exists()  # not finished: not a record
+
+
+def test_ferplus_fast_device_collect_refuses_a_rehearsal(tmp_path):
+    files_at = _device_output(tmp_path / "device", "cpu (rehearsal): x86_64", {"methods7/ce/seed0": True})
+    result = _collect(files_at, tmp_path / "records")
+    assert result.returncode == 2
+    assert "rehearsal" in result.stderr and str(files_at) in result.stderr
+    assert not (tmp_path / "records").exists()
+    missing = _collect(tmp_path / "nowhere", tmp_path / "records")
+    assert missing.returncode == 2 and "records not found" in missing.stderr
