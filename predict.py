@@ -30,8 +30,8 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 
 from utils.checkpoint import CheckpointError
-from data.align import TEMPLATES, AlignError
-from utils.inference import HAAR, ImageError, Predictor, expand_inputs, load_predictor, locate_faces, read_image, resolve_framing
+from data.align import TEMPLATES
+from utils.inference import HAAR, ImageError, Predictor, aligner_from_flags, expand_inputs, load_predictor, locate_faces, read_image
 from utils.logging import error_exit
 from utils.video import VideoError, is_video, predict_video
 
@@ -173,13 +173,7 @@ def main(args: argparse.Namespace) -> int:
         predictor = load_predictor(args.checkpoint, args.device)
     except CheckpointError as exc:
         error_exit(str(exc))
-    aligner = None
-    if not args.no_detect:
-        try:
-            aligner, framing = resolve_framing(args.align, predictor)
-        except AlignError as exc:
-            error_exit(f"--align {args.align}: {exc}")
-        print(framing)
+    aligner = aligner_from_flags(args.align, not args.no_detect, predictor)
     records = []
     for path in paths:
         record = predict_image(predictor, path, detect=not args.no_detect, aligner=aligner)

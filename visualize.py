@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from utils.checkpoint import CheckpointError
-from data.align import TEMPLATES, AlignError
-from utils.inference import HAAR, ImageError, Predictor, expand_inputs, load_predictor, locate_faces, read_image, resolve_framing
+from data.align import TEMPLATES
+from utils.inference import HAAR, ImageError, Predictor, aligner_from_flags, expand_inputs, load_predictor, locate_faces, read_image
 from utils.logging import error_exit
 
 DISPLAY = 224  # pixels per panel
@@ -183,13 +183,7 @@ def main(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         error_exit(f"--output {out}: cannot create ({exc.strerror or exc})")
-    aligner = None
-    if not args.no_detect:
-        try:
-            aligner, framing = resolve_framing(args.align, predictor)
-        except AlignError as exc:
-            error_exit(f"--align {args.align}: {exc}")
-        print(framing)
+    aligner = aligner_from_flags(args.align, not args.no_detect, predictor)
     failed, written = len(problems), 0
     for path in paths:
         try:

@@ -108,6 +108,25 @@ def test_unknown_template_and_records():
         align.FaceAligner("nope")
 
 
+def test_aligner_from_flags_prints_the_framing_and_exits_naming_the_flag(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    checkpoint = SimpleNamespace(align=None)  # resolve_framing reads only the recorded template
+    assert inference.aligner_from_flags("auto", False, checkpoint) is None  # --no-detect: no framing line
+    assert capsys.readouterr().out == ""
+    assert inference.aligner_from_flags("auto", True, checkpoint) is None
+    assert "framing: OpenCV Haar box + 20% per side (the checkpoint records no alignment)" in capsys.readouterr().out
+
+    def no_dlib(name):
+        raise align.AlignError("dlib is not installed")
+
+    monkeypatch.setattr(align, "FaceAligner", no_dlib)
+    with pytest.raises(SystemExit) as exit_info:
+        inference.aligner_from_flags("arcface112", True, checkpoint)
+    assert exit_info.value.code != 0
+    assert "--align arcface112: dlib is not installed" in capsys.readouterr().err
+
+
 def test_recorded_template(tmp_path):
     assert align.recorded_template(tmp_path) is None
     (tmp_path / "align.json").write_text(json.dumps({"template": "dlib150"}))

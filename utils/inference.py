@@ -246,6 +246,23 @@ def resolve_framing(choice: str, predictor: Predictor):
                      f"+ {FACE_MARGIN:.0%} where dlib finds no face")
 
 
+def aligner_from_flags(align: str, detect: bool, predictor: Predictor):
+    """predict.py's and visualize.py's ``--align`` / ``--no-detect``: the aligner (None for the Haar box or
+    the whole image), after printing the framing line; exits naming ``--align`` on an unknown template or a
+    missing dlib."""
+    from data.align import AlignError
+    from utils.logging import error_exit
+
+    if not detect:
+        return None
+    try:
+        aligner, framing = resolve_framing(align, predictor)
+    except AlignError as exc:
+        error_exit(f"--align {align}: {exc}")
+    print(framing)
+    return aligner
+
+
 def square_corners(left: float, top: float, right: float, bottom: float) -> list[tuple[float, float]]:
     return [(left, top), (right, top), (right, bottom), (left, bottom)]
 
