@@ -22,6 +22,14 @@ def read_records(path: Path) -> list[dict]:
     return [r for r in read_metrics_records(path) if "mean_acc" in r]
 
 
+def finished_run(run_dir: Path) -> tuple[list[dict], dict] | None:
+    """(evaluations, done.json) of a run that has finished, from its folder or its records; None otherwise."""
+    done, metrics = run_dir / "done.json", run_dir / "metrics.jsonl"
+    if not done.is_file() or not metrics.is_file():
+        return None
+    return read_records(metrics), json.loads(done.read_text())
+
+
 def total_steps_of(run_dir: Path) -> int | None:
     try:
         return int(json.loads((run_dir / "config.json").read_text())["total_steps"])

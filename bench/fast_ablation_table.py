@@ -17,6 +17,10 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # utils/, which compare_records reads
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare_records import finished_run  # noqa: E402  (bench/, beside this file)
+
 ROOT = Path(__file__).resolve().parent.parent
 RECORDS = ROOT / "bench" / "records" / "ferplus_fast"
 ORDER = ["r0-ce-dlib", "r1-ema-tta", "r2-r18s2w32", "r3-crop-rotate", "r4-batch-aug", "r5-smooth", "b-s1w32-48",
@@ -35,11 +39,10 @@ def short_machine(done: dict) -> str:
 
 def row(table: str, arm: str, run: Path) -> str | None:
     """The markdown row of one finished run (None while it is unfinished)."""
-    done_path, metrics_path = run / "done.json", run / "metrics.jsonl"
-    if not done_path.is_file() or not metrics_path.is_file():
+    finished = finished_run(run)
+    if finished is None:
         return None
-    done = json.loads(done_path.read_text())
-    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    records, done = finished
     last, chosen = records[-1], records[-1]["best"]
     command = json.loads((run / "command.json").read_text()) if (run / "command.json").is_file() else {}
     images_per_s = done["total_steps"] * batch_size(command) / done["wall_s"]

@@ -14,12 +14,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # utils/, which compare_records reads
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare_records import finished_run  # noqa: E402  (bench/, beside this file)
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORDS = ROOT / "bench" / "records"
@@ -30,10 +35,9 @@ def runs(folder: Path) -> list[tuple[str, list[dict], dict]]:
     """(seed folder name, evaluations, done.json) of every finished run under ``folder``."""
     found = []
     for seed_dir in sorted(folder.glob("seed*")):
-        done, metrics = seed_dir / "done.json", seed_dir / "metrics.jsonl"
-        if done.is_file() and metrics.is_file():
-            records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-            found.append((seed_dir.name, records, json.loads(done.read_text())))
+        finished = finished_run(seed_dir)
+        if finished is not None:
+            found.append((seed_dir.name, *finished))
     return found
 
 
