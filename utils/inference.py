@@ -21,7 +21,7 @@ import functools
 import glob
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -29,6 +29,9 @@ from PIL import Image, ImageOps
 from torch import nn
 
 from utils.checkpoint import CheckpointError, check_model_fits, inference_weights, load_checkpoint
+
+if TYPE_CHECKING:
+    from data.align import FaceAligner
 
 FACE_MARGIN = 0.2  # fraction of the detected box's side added on each side
 MIN_FACE = 24  # pixels: the Haar cascade's window; smaller faces are not detected
@@ -246,7 +249,7 @@ def resolve_framing(choice: str, predictor: Predictor):
                      f"+ {FACE_MARGIN:.0%} where dlib finds no face")
 
 
-def aligner_from_flags(align: str, detect: bool, predictor: Predictor):
+def aligner_from_flags(align: str, detect: bool, predictor: Predictor) -> FaceAligner | None:
     """predict.py's and visualize.py's ``--align`` / ``--no-detect``: the aligner (None for the Haar box or
     the whole image), after printing the framing line; exits naming ``--align`` on an unknown template or a
     missing dlib."""
